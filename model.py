@@ -1,0 +1,475 @@
+"""A GPT with gated attention, in one file.
+
+Read top to bottom: the config, the attention (with the gate), the MLP, the
+block, the GPT, and generation with a KV cache.
+
+The gate follows Qiu et al. 2025, "Gated Attention for Large Language Models"
+(arXiv 2505.06708). With the default settings each attention head's output is
+multiplied, channel by channel, by a sigmoid score computed from the same
+normed input X that feeds q, k and v:
+
+    Y' = SDPA(Q, K, V) * sigmoid(X @ W_g)          (paper, Sec. 2, position G1)
+
+With gate="none" the model is a plain GPT in the nanoGPT tradition, with the
+same parameter names, so nanoGPT checkpoints load into it.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from configurable import ConfigError, opt
+
+# ---------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------
+
+GATES = ("none", "headwise", "elementwise")
+# The paper's positions (Sec. 3.1): G1 after SDPA, G2 after the value
+# projection, G3 after the key projection, G4 after the query projection,
+# G5 after the output projection.
+GATE_POSITIONS = ("sdpa", "value", "key", "query", "output")
+GATE_ACTIVATIONS = ("sigmoid", "silu", "ns_sigmoid")
+GATE_MODES = ("multiplicative", "additive")
+GATE_HEADS = ("specific", "shared")
+GATE_INPUTS = ("dependent", "independent")
+POS_EMBS = ("learned", "rope")
+
+
+def _check_choice(key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"bad value {value!r} for '{key}': choose one of {', '.join(choices)}")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = opt(0, "vocabulary size; 0 takes it from the dataset")
+    block_size: int = opt(64, "context length in tokens")
+    n_layer: int = opt(4, "number of transformer blocks")
+    n_head: int = opt(4, "attention heads per block")
+    n_embd: int = opt(128, "width of the residual stream")
+    dropout: float = opt(0.0, "dropout on attention and residual branches")
+    bias: bool = opt(False, "biases in Linear and LayerNorm layers")
+    pos_emb: str = opt("learned", "position encoding: learned | rope")
+    rope_base: float = opt(10000.0, "RoPE base frequency")
+    qk_norm: bool = opt(False, "LayerNorm on queries and keys (the usual fix for high-LR attention-logit growth)")
+    gate: str = opt("elementwise", "attention gate: none | headwise | elementwise")
+    gate_position: str = opt("sdpa", "where the gate acts: sdpa (G1) | value (G2) | key (G3) | query (G4) | output (G5)")
+    gate_activation: str = opt("sigmoid", "gate activation: sigmoid | silu | ns_sigmoid (0.5 + 0.5 sigmoid)")
+    gate_mode: str = opt("multiplicative", "combine with the gated tensor: multiplicative | additive (Y + silu(XW))")
+    gate_heads: str = opt("specific", "gate scores per head (specific) or one set shared by all heads (shared)")
+    gate_input: str = opt("dependent", "scores from X (dependent) or a learned constant (independent)")
+
+    def __post_init__(self):
+        for key, choices in [("gate", GATES), ("gate_position", GATE_POSITIONS),
+                             ("gate_activation", GATE_ACTIVATIONS), ("gate_mode", GATE_MODES),
+                             ("gate_heads", GATE_HEADS), ("gate_input", GATE_INPUTS), ("pos_emb", POS_EMBS)]:
+            _check_choice(key, getattr(self, key), choices)
+        if min(self.block_size, self.n_layer, self.n_head, self.n_embd) < 1:
+            raise ConfigError("block_size, n_layer, n_head and n_embd must be positive")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError("RoPE needs an even head size (n_embd / n_head)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        self._check_gate()
+
+    def _check_gate(self):
+        defaults = {f: GPTConfig.__dataclass_fields__[f].default for f in
+                    ("gate_position", "gate_activation", "gate_mode", "gate_heads", "gate_input")}
+        if self.gate == "none":
+            changed = [f"{k}={getattr(self, k)}" for k, v in defaults.items() if getattr(self, k) != v]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} has no effect with gate='none': "
+                                  "set gate=elementwise or headwise, or drop it")
+            return
+        if self.gate_position == "output" and self.gate == "headwise":
+            raise ConfigError("a headwise gate needs heads, and there are none after the output projection "
+                              "(gate_position=output): use gate=elementwise")
+        if self.gate_position == "output" and self.gate_heads == "shared":
+            raise ConfigError("gate_heads=shared needs heads, and there are none after the output projection "
+                              "(gate_position=output): use gate_heads=specific")
+        if self.gate_mode == "additive" and self.gate_activation != "silu":
+            raise ConfigError("the additive gate is Y + silu(XW) as in the paper: set gate_activation=silu")
+
+    @property
+    def head_size(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def gate_shape(self):
+        """Scores per token: (heads, channels) at G1-G4, (n_embd,) at G5; () without a gate."""
+        if self.gate == "none":
+            return ()
+        if self.gate_position == "output":
+            return (self.n_embd,)
+        heads = self.n_head if self.gate_heads == "specific" else 1
+        channels = self.head_size if self.gate == "elementwise" else 1
+        return (heads, channels)
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+def rope_tables(config):
+    """cos/sin tables for rotary embeddings, one row per position."""
+    half = config.head_size // 2
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(half, dtype=torch.float32) / half))
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate channel pairs (i, i + D/2) of x (B, H, T, D) by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def gate_activation(scores, name):
+    if name == "sigmoid":
+        return torch.sigmoid(scores)
+    if name == "silu":
+        return F.silu(scores)
+    # NS-sigmoid keeps every gate in [0.5, 1]: the paper's control that removes
+    # sparsity while keeping the non-linearity (Sec. 4.2).
+    return 0.5 + 0.5 * torch.sigmoid(scores)
+
+
+# ---------------------------------------------------------------------------
+# Attention, with the gate
+# ---------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_index):
+        super().__init__()
+        self.config = config
+        self.layer_index = layer_index
+        self.n_head, self.head_size, self.n_embd = config.n_head, config.head_size, config.n_embd
+        self.gate_width = math.prod(config.gate_shape) if config.gate != "none" else 0
+        # An input-dependent gate is computed in the same matmul as q, k and v,
+        # as the paper's released code does: one wider Linear instead of two.
+        extra = self.gate_width if config.gate_input == "dependent" else 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd + extra, bias=config.bias)
+        if config.gate != "none" and config.gate_input == "independent":
+            # Input-independent control (Sec. 4.2): one learned score per head
+            # and channel, zero-initialised so the gate starts at act(0).
+            self.gate_logits = nn.Parameter(torch.zeros(self.gate_width))
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            self.q_norm = LayerNorm(config.head_size, config.bias)
+            self.k_norm = LayerNorm(config.head_size, config.bias)
+
+    def gate_scores(self, x_proj):
+        """The gate's scores for each token, shaped to broadcast over (B, T, H, D) or (B, T, C)."""
+        B, T, _ = x_proj.shape
+        if self.config.gate_input == "dependent":
+            logits = x_proj[..., 3 * self.n_embd:]
+        else:
+            logits = self.gate_logits.to(x_proj.dtype).expand(B, T, -1)
+        return gate_activation(logits, self.config.gate_activation).view(B, T, *self.config.gate_shape)
+
+    def apply_gate(self, x, scores):
+        if self.config.gate_mode == "additive":
+            return x + scores
+        return x * scores
+
+    def forward(self, x, rope=None, cache=None, observe=None):
+        B, T, C = x.shape
+        cfg = self.config
+        proj = self.c_attn(x)
+        q, k, v = (proj[..., i * C:(i + 1) * C].view(B, T, self.n_head, self.head_size) for i in range(3))
+        scores = self.gate_scores(proj) if cfg.gate != "none" else None
+        if observe is not None and scores is not None:
+            observe(self.layer_index, "gate", scores)
+        # G2-G4 gate a projection before attention mixes tokens.
+        if cfg.gate_position == "query" and scores is not None:
+            q = self.apply_gate(q, scores)
+        if cfg.gate_position == "key" and scores is not None:
+            k = self.apply_gate(k, scores)
+        if cfg.gate_position == "value" and scores is not None:
+            v = self.apply_gate(v, scores)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        offset = cache.pos if cache is not None else 0
+        if rope is not None:
+            cos, sin = rope[0][offset:offset + T], rope[1][offset:offset + T]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)
+        y = self.attend(q, k, v, offset, observe)
+        y = y.transpose(1, 2)  # (B, T, H, D)
+        # G1, the paper's choice: gate each head's output, per query token.
+        if cfg.gate_position == "sdpa" and scores is not None:
+            y = self.apply_gate(y, scores)
+        y = y.reshape(B, T, C)
+        if observe is not None:
+            observe(self.layer_index, "attn_output", y)
+        y = self.c_proj(y)
+        if cfg.gate_position == "output" and scores is not None:
+            y = self.apply_gate(y, scores)
+        return self.resid_dropout(y)
+
+    def attend(self, q, k, v, offset, observe):
+        """Causal attention of q (B, H, Tq, D) over k, v (B, H, Tk, D), queries starting at `offset`.
+
+        F.scaled_dot_product_attention (flash attention on GPU) unless an
+        observer wants the attention probabilities; then the same maths runs
+        explicitly so that they can be handed out.
+        """
+        Tq, Tk = q.size(2), k.size(2)
+        dropout = self.config.dropout if self.training else 0.0
+        mask = None
+        if offset > 0 and Tq > 1:  # queries part-way through a cached sequence
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=offset)
+        if observe is None:
+            causal = mask is None and Tq > 1
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        if mask is None:
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+        logits = logits.masked_fill(~mask, float("-inf"))
+        observe(self.layer_index, "attn_logits", logits)
+        probs = F.softmax(logits, dim=-1)  # autocast runs softmax in float32
+        observe(self.layer_index, "attn_probs", probs)
+        return F.dropout(probs, dropout, self.training) @ v
+
+
+# ---------------------------------------------------------------------------
+# MLP and block
+# ---------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm block: the gate reads ln_1(h), the same X that feeds q, k, v."""
+
+    def __init__(self, config, layer_index):
+        super().__init__()
+        self.layer_index = layer_index
+        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, cache=None, observe=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, observe)
+        x = x + self.mlp(self.ln_2(x))
+        if observe is not None:
+            observe(self.layer_index, "hidden", x)
+        return x
+
+
+# ---------------------------------------------------------------------------
+# The GPT
+# ---------------------------------------------------------------------------
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        if config.vocab_size < 1:
+            raise ConfigError("vocab_size must be set (it is normally taken from the dataset)")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, config.bias),
+        ))
+        if config.pos_emb == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch adds to the stream, so its
+        # output projection starts smaller with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        # Every Linear, the gate's columns of c_attn included, starts at
+        # N(0, 0.02) as in the paper's code, so sigmoid gates start near 0.5.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, embeddings=True):
+        """Parameters, counting the tied embedding once; embeddings=False leaves out wte and wpe."""
+        n = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            n -= sum(m.weight.numel() for name, m in self.transformer.items() if name in ("wte", "wpe"))
+        return n
+
+    def forward(self, idx, targets=None, cache=None, observe=None):
+        """Logits (B, T, vocab) and the loss when targets are given.
+
+        With a `cache`, idx continues the cached sequence and only the last
+        position's logits are computed (what generation needs). `observe`, a
+        callable (layer, name, tensor), receives the gate scores, attention
+        logits and probabilities, gated attention output and hidden states
+        layer by layer, so analysis never holds every layer at once.
+        """
+        B, T = idx.shape
+        offset = cache.pos if cache is not None else 0
+        if offset + T > self.config.block_size:
+            raise ValueError(f"sequence of {offset + T} tokens is longer than block_size={self.config.block_size}")
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(torch.arange(offset, offset + T, device=idx.device))
+        else:
+            rope = (self.rope_cos, self.rope_sin)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope, cache, observe)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.pos += T
+            return self.lm_head(x[:, -1:]), None
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices only (not on biases, norms or gate constants)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self):
+        """Training FLOPs per token: 6N for the matmuls plus attention (PaLM, App. B)."""
+        cfg = self.config
+        n = self.num_params() - (cfg.block_size * cfg.n_embd if cfg.pos_emb == "learned" else 0)
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_size * cfg.block_size
+
+    def estimate_mfu(self, tokens_per_second, peak_flops):
+        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak."""
+        return self.flops_per_token() * tokens_per_second / peak_flops
+
+    # -----------------------------------------------------------------------
+    # Generation
+    # -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+               generator=None, use_cache=True):
+        """Yield new tokens (B, 1) one at a time after the prompt idx (B, T).
+
+        The context is a window of at most block_size tokens. When it is full
+        the window jumps forward by a quarter block (keeping the last 3/4 of
+        the context) rather than sliding one token, so the cache is re-filled
+        once per block_size/4 tokens instead of for every token. The uncached
+        path uses the same window, so both give the same tokens.
+        """
+        block = self.config.block_size
+        jump = max(1, block // 4)
+        seq, start, cache = idx, 0, None
+        for _ in range(max_new_tokens):
+            if seq.size(1) - start > block:
+                start = seq.size(1) - (block - jump + 1)
+                cache = None
+            if not use_cache:
+                logits, _ = self(seq[:, start:])
+            elif cache is None:
+                cache = KVCache(self.config)
+                logits, _ = self(seq[:, start:], cache=cache)
+            else:
+                logits, _ = self(seq[:, -1:], cache=cache)
+            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            seq = torch.cat([seq, next_token], dim=1)
+            yield next_token
+
+    def generate(self, idx, max_new_tokens, **kwargs):
+        """The prompt followed by max_new_tokens sampled tokens, (B, T + max_new_tokens)."""
+        return torch.cat([idx, *self.stream(idx, max_new_tokens, **kwargs)], dim=1)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far (at most block_size)."""
+
+    def __init__(self, config):
+        self.capacity = config.block_size
+        self.k, self.v = [None] * config.n_layer, [None] * config.n_layer
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        """Store k, v (B, H, T, D) after the cached positions; return all keys and values so far."""
+        if self.k[layer] is None:  # allocated lazily, in the dtype attention runs in
+            shape = (k.size(0), k.size(1), self.capacity, k.size(3))
+            self.k[layer] = k.new_empty(shape)
+            self.v[layer] = v.new_empty(shape)
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Keep the top_k most likely tokens, then the smallest set whose probability reaches top_p."""
+    if top_k is not None and top_k > 0 and top_k < logits.size(-1):
+        top = torch.topk(logits, top_k, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits.float(), dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop = mass_before >= top_p  # the token that crosses top_p is kept
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from logits (B, vocab); temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
