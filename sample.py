@@ -1,0 +1,96 @@
+"""Sample text from a trained model, streaming it as it is generated.
+
+    python sample.py --out_dir=out
+    python sample.py --prompt="ROMEO:" --num_samples=2 --max_new_tokens=300 --top_p=0.9
+    python sample.py --prompt=FILE:prompt.txt --temperature=0
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import prepare_data
+from configurable import ConfigError, opt, parse_args, run_main
+from train import load_checkpoint, model_from_checkpoint, setup_runtime
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = opt("out", "run folder holding ckpt.pt")
+    prompt: str = opt("\n", "text to continue, or FILE:path to read it from a file")
+    num_samples: int = opt(3, "how many samples to draw")
+    max_new_tokens: int = opt(500, "tokens to generate per sample")
+    temperature: float = opt(0.8, "softmax temperature; 0 picks the most likely token")
+    top_k: int = opt(200, "sample among the k most likely tokens (0: all)")
+    top_p: float = opt(1.0, "nucleus sampling: the smallest set of tokens with this probability (1: all)")
+    seed: int = opt(1337, "random seed")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("auto", "auto | float32 | bfloat16 | float16")
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ConfigError("temperature cannot be negative")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0 or self.num_samples < 1 or self.max_new_tokens < 0:
+            raise ConfigError("top_k, num_samples and max_new_tokens must not be negative (num_samples at least 1)")
+
+
+def read_prompt(prompt):
+    if prompt.startswith("FILE:"):
+        path = Path(prompt[5:])
+        if not path.is_file():
+            raise ConfigError(f"prompt file '{path}' not found")
+        return path.read_text(encoding="utf-8")
+    return prompt
+
+
+def encode_prompt(tokenizer, text):
+    try:
+        ids = tokenizer.encode(text)
+    except ValueError as e:
+        raise ConfigError(f"prompt: {e}") from None
+    if not ids:
+        raise ConfigError("the prompt is empty: give at least one character with --prompt")
+    return ids
+
+
+def stream_text(model, tokenizer, ids, cfg, generator, runtime, out=sys.stdout):
+    """Generate one sample, writing text as soon as it decodes; returns the new token ids."""
+    idx = torch.tensor([ids], dtype=torch.long, device=runtime.device)
+    new, shown = [], ""
+    with runtime.autocast():
+        for token in model.stream(idx, cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_k=cfg.top_k or None, top_p=cfg.top_p, generator=generator):
+            new.append(token.item())
+            # Decode everything so far: a BPE token can end inside a multi-byte character.
+            text = tokenizer.decode(new)
+            if not text.endswith("\ufffd"):
+                out.write(text[len(shown):])
+                out.flush()
+                shown = text
+    out.write(tokenizer.decode(new)[len(shown):] + "\n")
+    return new
+
+
+def main(argv=None):
+    (cfg,) = parse_args([SampleConfig], argv, prog="sample.py", description=__doc__)
+    runtime = setup_runtime(cfg.device, cfg.dtype)
+    ckpt = load_checkpoint(Path(cfg.out_dir) / "ckpt.pt", runtime.device)
+    model = model_from_checkpoint(ckpt, runtime.device)
+    tokenizer = prepare_data.tokenizer_from_meta(ckpt["meta"])
+    ids = encode_prompt(tokenizer, read_prompt(cfg.prompt))
+    generator = torch.Generator(runtime.device).manual_seed(cfg.seed)
+    samples = []
+    for i in range(cfg.num_samples):
+        if i:
+            print("-" * 40)
+        sys.stdout.write(tokenizer.decode(ids))
+        samples.append(stream_text(model, tokenizer, ids, cfg, generator, runtime))
+    return samples
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,487 @@
+"""Train a gated (or plain) GPT.
+
+    python train.py                                   # default gated model on the default data
+    python train.py --gate=none                       # the same model, ungated: a plain GPT
+    python train.py --config=configs/tinyshakespeare_cpu.toml
+    python train.py --out_dir=out --resume            # continue exactly where a run stopped
+    torchrun --standalone --nproc_per_node=8 train.py --config=configs/gpu_124m.toml
+
+Every setting is listed by `python train.py --help`.
+"""
+
+import contextlib
+import functools
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import prepare_data
+from configurable import ConfigError, format_config, opt, parse_args, pick, run_main, to_dict
+from model import GPT, GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = opt("out", "folder for checkpoints and metrics.jsonl")
+    resume: bool = opt(False, "continue from out_dir/ckpt.pt (its settings, overridden by the command line)")
+    dataset: str = opt("shakespeare", "prepared dataset under data_dir (built-in ones are prepared on first use)")
+    data_dir: str = opt("data", "folder holding prepared datasets")
+    batch_size: int = opt(12, "sequences per micro-batch on each process")
+    grad_accum_steps: int = opt(1, "micro-batches per optimizer step, over all processes together")
+    max_iters: int = opt(2000, "optimizer steps")
+    learning_rate: float = opt(1e-3, "peak learning rate")
+    min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay")
+    warmup_iters: int = opt(100, "linear warm-up steps")
+    lr_decay_iters: int = opt(0, "steps of cosine decay (0: max_iters)")
+    weight_decay: float = opt(0.1, "AdamW weight decay, on matrices only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.99, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
+    eval_interval: int = opt(250, "evaluate and checkpoint every this many steps")
+    eval_iters: int = opt(20, "batches per evaluation")
+    log_interval: int = opt(10, "steps between metric flushes (every step is recorded)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("auto", "auto | float32 | bfloat16 | float16 (autocast precision)")
+    compile: str = opt("auto", "torch.compile the model: auto (on for CUDA) | true | false")
+    seed: int = opt(1337, "seed for initialisation, data order and dropout")
+    progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self):
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"bad value {self.dtype!r} for 'dtype': choose auto, float32, bfloat16 or float16")
+        if self.compile not in ("auto", "true", "false"):
+            raise ConfigError(f"bad value {self.compile!r} for 'compile': choose auto, true or false")
+        for key in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'{key}' must be at least 1")
+        if self.max_iters < 0 or self.warmup_iters < 0 or self.lr_decay_iters < 0:
+            raise ConfigError("max_iters, warmup_iters and lr_decay_iters cannot be negative")
+
+
+# ---------------------------------------------------------------------------
+# Device, precision and processes: set up here and nowhere else
+# ---------------------------------------------------------------------------
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; the MFU
+# denominator. fp32 runs use TF32 on these GPUs, whose peak is half of this.
+GPU_PEAK_BF16 = {
+    "H200": 989e12, "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H800": 989e12,
+    "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+    "L40": 181e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12, "A6000": 155e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def device_type(self):
+        return self.device.type
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def setup_runtime(device="auto", dtype="auto"):
+    """Pick the device and precision, and join the process group under torchrun."""
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in
+                               (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but PyTorch sees no CUDA GPU: use --device=cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but this PyTorch has no MPS support: use --device=cpu")
+    if device == "cuda" and world > 1:
+        device = f"cuda:{local_rank}"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if dtype == "auto":
+        if device.type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "float32"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, getattr(torch, dtype), rank, local_rank, world)
+
+
+@functools.lru_cache
+def peak_flops(device_type, dtype=torch.bfloat16, device_name=None):
+    """The device's peak matmul FLOP/s: a data-sheet table for GPUs, a measurement on CPUs."""
+    if device_type == "cuda":
+        name = device_name or torch.cuda.get_device_name()
+        for key, flops in GPU_PEAK_BF16.items():
+            if key in name:
+                return flops if dtype in (torch.bfloat16, torch.float16) else flops / 2
+        return None
+    if device_type == "cpu":
+        return measure_matmul_flops(dtype)
+    return None
+
+
+def measure_matmul_flops(dtype, n=1024, repeats=8):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------
+# Data: random windows from the token file, drawn from a seeded generator
+# ---------------------------------------------------------------------------
+
+
+class Batches:
+    """Random (x, y) windows of block_size tokens from train.bin / val.bin.
+
+    Windows are drawn for the whole global batch of a step from one seeded
+    generator, identical on every process; process r takes micro-batches
+    r, r + world, ... So the data order depends only on the seed and the
+    global batch, not on how many processes share it, and saving the
+    generator's state is enough to resume exactly.
+    """
+
+    def __init__(self, folder, block_size, batch_size, runtime, seed):
+        meta = prepare_data.load_meta(folder)
+        self.data = {split: np.memmap(Path(folder) / f"{split}.bin", dtype=meta["dtype"], mode="r")
+                     for split in ("train", "val")}
+        for split, data in self.data.items():
+            if len(data) <= block_size + 1:
+                raise ConfigError(f"the {split} split of {folder} has {len(data)} tokens, "
+                                  f"fewer than block_size + 1 = {block_size + 1}: use a smaller block_size")
+        self.block_size, self.batch_size, self.runtime, self.seed = block_size, batch_size, runtime, seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def windows(self, split, starts):
+        offsets = starts.numpy()[:, None] + np.arange(self.block_size + 1)
+        chunk = torch.from_numpy(self.data[split][offsets].astype(np.int64))
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        if self.runtime.device_type == "cuda":
+            return (x.pin_memory().to(self.runtime.device, non_blocking=True),
+                    y.pin_memory().to(self.runtime.device, non_blocking=True))
+        return x.to(self.runtime.device), y.to(self.runtime.device)
+
+    def _starts(self, split, rows, generator):
+        high = len(self.data[split]) - self.block_size - 1
+        return torch.randint(high, (rows, self.batch_size), generator=generator)
+
+    def train_step(self, micro_steps):
+        """This process's micro-batches for one optimizer step."""
+        starts = self._starts("train", micro_steps, self.generator)
+        mine = starts[self.runtime.rank::self.runtime.world_size]
+        return [self.windows("train", row) for row in mine]
+
+    def eval_set(self, split, batches):
+        """The same fixed evaluation batches at every evaluation, shared out over the processes."""
+        starts = self._starts(split, batches, torch.Generator().manual_seed(self.seed + 1))
+        return [self.windows(split, row) for row in starts[self.runtime.rank::self.runtime.world_size]]
+
+
+def dataset_folder(cfg, runtime):
+    """The prepared dataset, preparing a built-in one on first use."""
+    folder = prepare_data.dataset_dir(cfg.data_dir, cfg.dataset)
+    if not prepare_data.is_prepared(folder):
+        if cfg.dataset not in prepare_data.BUILTIN_DATASETS:
+            raise ConfigError(f"no prepared dataset '{cfg.dataset}' in {folder}: run "
+                              f"python prepare_data.py --dataset={cfg.dataset} --source=PATH")
+        if runtime.master:
+            prepare_data.prepare(prepare_data.DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir))
+        if runtime.world_size > 1:
+            dist.barrier()
+    return folder
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: the one place they are written and read
+# ---------------------------------------------------------------------------
+
+
+def save_checkpoint(path, state):
+    """Write atomically: a crash mid-write never leaves a broken ckpt.pt."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}: train one with python train.py --out_dir={path.parent}")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    """The trained GPT stored in a checkpoint, in eval mode."""
+    model = GPT(pick(GPTConfig, ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+def learning_rate(step, cfg):
+    """Linear warm-up, then cosine decay to min_lr (nanoGPT's schedule)."""
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= decay_iters:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+@torch.no_grad()
+def evaluate(model, batches, cfg, runtime):
+    """Mean loss on the fixed evaluation batches of each split, averaged over processes."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        total = torch.zeros(2, device=runtime.device)
+        for x, y in batches.eval_set(split, cfg.eval_iters):
+            with runtime.autocast():
+                _, loss = model(x, y)
+            total += torch.stack([loss.float(), torch.ones((), device=runtime.device)])
+        if runtime.world_size > 1:
+            dist.all_reduce(total)
+        out[split] = (total[0] / total[1]).item()
+    model.train()
+    return out
+
+
+class MetricsLog:
+    """metrics.jsonl in the run folder: one JSON object per line, written by process 0 only."""
+
+    def __init__(self, path, enabled):
+        self.path, self.enabled = Path(path), enabled
+
+    def write(self, **record):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def rng_state(batches, runtime):
+    """Every random state the run depends on, so that --resume continues bit for bit."""
+    torch_state = torch.get_rng_state()
+    states = [torch_state]
+    if runtime.world_size > 1:  # dropout differs per process: keep each one's state
+        states = [None] * runtime.world_size
+        dist.all_gather_object(states, torch_state)
+    state = {"torch": states, "data": batches.generator.get_state()}
+    if runtime.device_type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    return state
+
+
+def restore_rng(state, batches, runtime):
+    batches.generator.set_state(state["data"])
+    states = state["torch"]
+    if len(states) == runtime.world_size:
+        torch.set_rng_state(states[runtime.rank])
+    else:
+        print(f"note: checkpoint was written by {len(states)} processes, not {runtime.world_size}; "
+              "dropout masks will differ from the original run")
+        torch.manual_seed(batches.seed + runtime.rank)
+    if "cuda" in state and runtime.device_type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), runtime.device)
+
+
+def load_configs(argv):
+    """Parse the command line; with --resume the checkpoint's settings are the base."""
+    model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], argv, prog="train.py", description=__doc__)
+    ckpt = None
+    if train_cfg.resume:
+        ckpt = load_checkpoint(Path(train_cfg.out_dir) / "ckpt.pt")
+        model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], argv, base=ckpt["config"])
+    return model_cfg, train_cfg, ckpt
+
+
+def should_compile(cfg, runtime):
+    if cfg.compile == "auto":
+        return runtime.device_type == "cuda"
+    return cfg.compile == "true"
+
+
+def main(argv=None):
+    """Train; returns a summary dict (final and best val loss, steps, whether it diverged)."""
+    model_cfg, cfg, ckpt = load_configs(argv)
+    runtime = setup_runtime(cfg.device, cfg.dtype)
+    if cfg.grad_accum_steps % runtime.world_size:
+        raise ConfigError(f"grad_accum_steps={cfg.grad_accum_steps} must be a multiple of the "
+                          f"{runtime.world_size} processes")
+    micro_steps = cfg.grad_accum_steps // runtime.world_size
+    out_dir = Path(cfg.out_dir)
+    if runtime.master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume and (out_dir / "ckpt.pt").exists():
+            raise ConfigError(f"{out_dir / 'ckpt.pt'} exists: pass --resume to continue it, "
+                              "or choose another --out_dir")
+
+    folder = dataset_folder(cfg, runtime)
+    meta = prepare_data.load_meta(folder)
+    if model_cfg.vocab_size == 0:
+        model_cfg.vocab_size = meta["vocab_size"]
+    elif model_cfg.vocab_size < meta["vocab_size"]:
+        raise ConfigError(f"vocab_size={model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}")
+
+    torch.manual_seed(cfg.seed + runtime.rank)
+    model = GPT(model_cfg).to(runtime.device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                          runtime.device_type)
+    scaler = torch.amp.GradScaler(runtime.device_type, enabled=runtime.dtype == torch.float16)
+    batches = Batches(folder, model_cfg.block_size, cfg.batch_size, runtime, cfg.seed)
+    step, best_val = 0, float("inf")
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"] is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        step, best_val = ckpt["step"], ckpt["best_val_loss"]
+        restore_rng(ckpt["rng"], batches, runtime)
+    config_dict = to_dict(model_cfg, cfg)
+    if runtime.master:
+        print(f"config:\n{format_config(model_cfg, cfg)}")
+        print(f"parameters: {model.num_params() / 1e6:.2f}M ({model.num_params(embeddings=False) / 1e6:.2f}M "
+              f"without embeddings); device {runtime.device}, {runtime.dtype}, {runtime.world_size} process(es)")
+
+    raw_model = model
+    if should_compile(cfg, runtime):
+        model = torch.compile(model)
+    if runtime.world_size > 1:
+        model = DDP(model, device_ids=[runtime.local_rank] if runtime.device_type == "cuda" else None)
+
+    metrics = MetricsLog(out_dir / "metrics.jsonl", runtime.master)
+    tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum_steps
+    peak = peak_flops(runtime.device_type, runtime.dtype)
+    pending = []  # (step, lr, loss, grad norm) kept on the device until the next flush: no per-step sync
+    last_flush = time.perf_counter()
+    resumed_at = step if ckpt is not None else None
+    summary = {"out_dir": str(out_dir), "diverged": False, "val_loss": None}
+
+    def flush():
+        """Write the pending steps' metrics; False if any of them was not finite."""
+        nonlocal last_flush
+        if not pending:
+            return True
+        values = torch.stack([torch.stack([loss, norm]) for _, _, loss, norm in pending]).tolist()
+        elapsed = time.perf_counter() - last_flush
+        tokens_per_s = tokens_per_step * len(pending) / elapsed
+        mfu = raw_model.estimate_mfu(tokens_per_s, peak) if peak else None
+        for (s, lr, _, _), (loss, norm) in zip(pending, values):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                metrics.write(step=s, diverged=True, loss=str(loss), grad_norm=str(norm))
+                pending.clear()
+                return False
+            metrics.write(step=s, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tokens_per_s, mfu=mfu)
+        bar.set_postfix(loss=f"{values[-1][0]:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+        pending.clear()
+        last_flush = time.perf_counter()
+        return True
+
+    def diverge(at_step):
+        summary["diverged"] = True
+        if runtime.master:
+            tqdm.write(f"stopped: the loss or gradient became non-finite by step {at_step}; "
+                       f"the last good checkpoint in {out_dir} is kept. Try a lower learning_rate, "
+                       "qk_norm=true, or a gate.")
+
+    def evaluate_and_save(at_step):
+        nonlocal best_val
+        losses = evaluate(model, batches, cfg, runtime)
+        summary["val_loss"] = losses["val"]
+        if not math.isfinite(losses["val"]):
+            metrics.write(step=at_step, diverged=True, val_loss=str(losses["val"]))
+            return False
+        best_val = min(best_val, losses["val"])
+        metrics.write(step=at_step, train_loss=losses["train"], val_loss=losses["val"])
+        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                 "config": config_dict, "meta": meta, "step": at_step, "best_val_loss": best_val,
+                 "rng": rng_state(batches, runtime)}
+        if runtime.master:
+            save_checkpoint(out_dir / "ckpt.pt", state)
+            tqdm.write(f"step {at_step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        return True
+
+    bar = tqdm(total=cfg.max_iters, initial=step, disable=not (runtime.master and cfg.progress),
+               desc="training", dynamic_ncols=True)
+    model.train()
+    while step < cfg.max_iters:
+        if step % cfg.eval_interval == 0 and step != resumed_at:
+            if not flush() or not evaluate_and_save(step):
+                diverge(step)
+                break
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=runtime.device)
+        for i, (x, y) in enumerate(batches.train_step(cfg.grad_accum_steps)):
+            # Under DDP, gradients are averaged across processes only on the last micro-batch.
+            sync = i == micro_steps - 1 or runtime.world_size == 1
+            with (contextlib.nullcontext() if sync else model.no_sync()), runtime.autocast():
+                _, loss = model(x, y)
+            step_loss += loss.detach().float() / micro_steps
+            scaler.scale(loss / micro_steps).backward()
+        if runtime.world_size > 1:
+            dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        pending.append((step, lr, step_loss, norm.float()))
+        step += 1
+        bar.update(1)
+        if step % cfg.log_interval == 0 and not flush():
+            diverge(step)
+            break
+    else:
+        if not flush() or not evaluate_and_save(step):
+            diverge(step)
+    bar.close()
+    summary.update(step=step, best_val_loss=best_val)
+    if runtime.world_size > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+if __name__ == "__main__":
+    result = run_main(main)
+    sys.exit(1 if result["diverged"] else 0)
