@@ -1,7 +1,6 @@
 """prepare_data.py: sources, tokenizers, the files it writes, and its errors. CPU only, no network."""
 
 import importlib.util
-import json
 import urllib.error
 import urllib.request
 from pathlib import Path

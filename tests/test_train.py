@@ -7,25 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import prepare_data
 import sample
 import train
 from configurable import ConfigError
 from model import GPT
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A small character-level dataset with learnable structure."""
-    folder = tmp_path_factory.mktemp("data")
-    lines = ["ROMEO:", "But soft, what light through yonder window breaks?", "",
-             "JULIET:", "O Romeo, Romeo, wherefore art thou Romeo?", ""]
-    source = folder / "text.txt"
-    source.write_text("\n".join(lines * 150))
-    prepare_data.prepare(prepare_data.DataConfig(dataset="tiny", source=str(source), data_dir=str(folder)))
-    return folder
 
 
 def args(data_dir, out_dir, *extra):
