@@ -4,7 +4,7 @@
     python train.py --gate=none                       # the same model, ungated: a plain GPT
     python train.py --config=configs/tinyshakespeare_cpu.toml
     python train.py --out_dir=out --resume            # continue exactly where a run stopped
-    torchrun --standalone --nproc_per_node=8 train.py --config=configs/gpu_124m.toml
+    torchrun --standalone --nproc_per_node=8 train.py --config=configs/shakespeare_gpu.toml
 
 Every setting is listed by `python train.py --help`.
 """
@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import analyze
 import prepare_data
 from configurable import ConfigError, format_config, opt, parse_args, pick, run_main, to_dict
 from model import GPT, GPTConfig
@@ -50,9 +52,10 @@ class TrainConfig:
     eval_interval: int = opt(250, "evaluate and checkpoint every this many steps")
     eval_iters: int = opt(20, "batches per evaluation")
     log_interval: int = opt(10, "steps between metric flushes (every step is recorded)")
+    spike_window: int = opt(100, "rolling window of the loss and grad-norm spike scores (OLMo 2: 1000)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto | float32 | bfloat16 | float16 (autocast precision)")
-    compile: str = opt("auto", "torch.compile the model: auto (on for CUDA) | true | false")
+    compile: str = opt("auto", "torch.compile the model: auto (CUDA; CPU for runs over ~10 min) | true | false")
     seed: int = opt(1337, "seed for initialisation, data order and dropout")
     progress: bool = opt(True, "show a progress bar")
 
@@ -61,7 +64,7 @@ class TrainConfig:
             raise ConfigError(f"bad value {self.dtype!r} for 'dtype': choose auto, float32, bfloat16 or float16")
         if self.compile not in ("auto", "true", "false"):
             raise ConfigError(f"bad value {self.compile!r} for 'compile': choose auto, true or false")
-        for key in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval"):
+        for key in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval", "spike_window"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be at least 1")
         if self.max_iters < 0 or self.warmup_iters < 0 or self.lr_decay_iters < 0:
@@ -129,11 +132,20 @@ def setup_runtime(device="auto", dtype="auto"):
     if dtype == "auto":
         if device.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        elif device.type == "cpu" and cpu_has_native_bf16():
+            dtype = "bfloat16"
         else:
             dtype = "float32"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Runtime(device, getattr(torch, dtype), rank, local_rank, world)
+
+
+def cpu_has_native_bf16():
+    """True on x86 CPUs with AVX512-BF16 or AMX, where bf16 matmuls run 2-3x faster than fp32
+    (about 420 vs 185 GFLOP/s on 2 cores of an AMD EPYC); elsewhere bf16 is emulated and slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 @functools.lru_cache
@@ -150,13 +162,16 @@ def peak_flops(device_type, dtype=torch.bfloat16, device_name=None):
     return None
 
 
-def measure_matmul_flops(dtype, n=1024, repeats=8):
+def measure_matmul_flops(dtype, n=1024, repeats=8, trials=3):
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(trials):  # a peak: the best of a few trials, as other work may share the CPU
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 * repeats / best
 
 
 # ---------------------------------------------------------------------------
@@ -333,10 +348,79 @@ def load_configs(argv):
     return model_cfg, train_cfg, ckpt
 
 
-def should_compile(cfg, runtime):
-    if cfg.compile == "auto":
-        return runtime.device_type == "cuda"
-    return cfg.compile == "true"
+# compile=auto on a CPU compiles runs estimated to train for at least this long: compiling
+# costs 15-30 s on 2 cores the first time (a few seconds once cached) and saves 5-10% of the
+# step time, which only a long run wins back.
+CPU_COMPILE_MIN_SECONDS = 600
+
+
+def should_compile(cfg, runtime, model=None):
+    """compile=auto: on for CUDA; on a CPU when the run is long enough to repay compiling,
+    judged from the model's FLOPs at 30% of the measured matmul peak."""
+    if cfg.compile == "true" and runtime.device_type == "cpu" and not has_cpp_compiler():
+        raise ConfigError("compile=true on a CPU needs a C++ compiler (g++ or clang++): install one, "
+                          "or use --compile=false")
+    if cfg.compile != "auto":
+        return cfg.compile == "true"
+    if runtime.device_type == "cuda":
+        return True
+    if runtime.device_type != "cpu" or model is None or not has_cpp_compiler():
+        return False
+    tokens = cfg.max_iters * cfg.batch_size * cfg.grad_accum_steps * model.config.block_size
+    seconds = tokens * model.flops_per_token() / (0.3 * peak_flops("cpu", runtime.dtype))
+    return seconds >= CPU_COMPILE_MIN_SECONDS
+
+
+def has_cpp_compiler():
+    """torch.compile on a CPU writes C++ and builds it with the compiler named here."""
+    return any(shutil.which(name) for name in (os.environ.get("CXX"), "g++", "clang++", "c++", "cl") if name)
+
+
+def compile_model(model, runtime):
+    """The model to train with, compiled: on CUDA (and MPS) torch.compile of the whole model.
+
+    On a CPU, "regional" compilation instead: only the training forward of each block is
+    compiled, and the blocks share one compiled graph, so compiling takes the time of one
+    block whatever the depth. Evaluation, analysis hooks and generation (eval mode, an
+    observer or a KV cache) run eagerly, which on a CPU costs less than compiling them too.
+    Parameters and their names are untouched.
+    """
+    if runtime.device_type != "cpu":
+        return torch.compile(model)
+    for block in model.transformer.h:
+        compiled, eager = torch.compile(block.forward), block.forward
+
+        def forward(x, rope=None, cache=None, observe=None, block=block, compiled=compiled, eager=eager):
+            if block.training and cache is None and observe is None:
+                return compiled(x, rope)
+            return eager(x, rope, cache, observe)
+        block.forward = forward
+    return model
+
+
+def train_step(model, optimizer, scaler, micro_batches, runtime, params, grad_clip):
+    """One optimizer step over this process's micro-batches (the learning rate is set by the caller).
+
+    Returns the mean loss and the gradient norm as device tensors, without a
+    host sync. bench.py times exactly this function.
+    """
+    micro_steps = len(micro_batches)
+    step_loss = torch.zeros((), device=runtime.device)
+    for i, (x, y) in enumerate(micro_batches):
+        # Under DDP, gradients are averaged across processes only on the last micro-batch.
+        sync = i == micro_steps - 1 or runtime.world_size == 1
+        with (contextlib.nullcontext() if sync else model.no_sync()), runtime.autocast():
+            _, loss = model(x, y)
+        step_loss += loss.detach().float() / micro_steps
+        scaler.scale(loss / micro_steps).backward()
+    if runtime.world_size > 1:
+        dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, norm.float()
 
 
 def main(argv=None):
@@ -346,7 +430,6 @@ def main(argv=None):
     if cfg.grad_accum_steps % runtime.world_size:
         raise ConfigError(f"grad_accum_steps={cfg.grad_accum_steps} must be a multiple of the "
                           f"{runtime.world_size} processes")
-    micro_steps = cfg.grad_accum_steps // runtime.world_size
     out_dir = Path(cfg.out_dir)
     if runtime.master:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,9 +464,9 @@ def main(argv=None):
         print(f"parameters: {model.num_params() / 1e6:.2f}M ({model.num_params(embeddings=False) / 1e6:.2f}M "
               f"without embeddings); device {runtime.device}, {runtime.dtype}, {runtime.world_size} process(es)")
 
-    raw_model = model
-    if should_compile(cfg, runtime):
-        model = torch.compile(model)
+    raw_model, params = model, list(model.parameters())
+    if should_compile(cfg, runtime, model):
+        model = compile_model(model, runtime)
     if runtime.world_size > 1:
         model = DDP(model, device_ids=[runtime.local_rank] if runtime.device_type == "cuda" else None)
 
@@ -391,6 +474,10 @@ def main(argv=None):
     tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum_steps
     peak = peak_flops(runtime.device_type, runtime.dtype)
     pending = []  # (step, lr, loss, grad norm) kept on the device until the next flush: no per-step sync
+    # Every step's loss and grad norm on the host, for the spike scores (OLMo 2); kept in the checkpoint.
+    history = (ckpt or {}).get("history", {"loss": [], "grad_norm": []})
+    # One fixed val batch, cropped to Gu et al.'s T = 64, for the sink and activation statistics.
+    probe = batches.eval_set("val", 1)[0][0][:, :min(64, model_cfg.block_size)] if runtime.master else None
     last_flush = time.perf_counter()
     resumed_at = step if ckpt is not None else None
     summary = {"out_dir": str(out_dir), "diverged": False, "val_loss": None}
@@ -410,6 +497,8 @@ def main(argv=None):
                 pending.clear()
                 return False
             metrics.write(step=s, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tokens_per_s, mfu=mfu)
+            history["loss"].append(loss)
+            history["grad_norm"].append(norm)
         bar.set_postfix(loss=f"{values[-1][0]:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         pending.clear()
         last_flush = time.perf_counter()
@@ -430,14 +519,19 @@ def main(argv=None):
             metrics.write(step=at_step, diverged=True, val_loss=str(losses["val"]))
             return False
         best_val = min(best_val, losses["val"])
-        metrics.write(step=at_step, train_loss=losses["train"], val_loss=losses["val"])
+        record = dict(step=at_step, train_loss=losses["train"], val_loss=losses["val"])
+        if runtime.master:  # the raw model's explicit attention path in eval mode uses no random state
+            record.update(analyze.eval_record(raw_model, probe, history["loss"], history["grad_norm"],
+                                              cfg.spike_window))
+        metrics.write(**record)
         state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "config": config_dict, "meta": meta, "step": at_step, "best_val_loss": best_val,
-                 "rng": rng_state(batches, runtime)}
+                 "rng": rng_state(batches, runtime), "history": history}
         if runtime.master:
             save_checkpoint(out_dir / "ckpt.pt", state)
-            tqdm.write(f"step {at_step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            tqdm.write(f"step {at_step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                       f"{analyze.eval_line(record)}")
         return True
 
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not (runtime.master and cfg.progress),
@@ -451,22 +545,9 @@ def main(argv=None):
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = torch.zeros((), device=runtime.device)
-        for i, (x, y) in enumerate(batches.train_step(cfg.grad_accum_steps)):
-            # Under DDP, gradients are averaged across processes only on the last micro-batch.
-            sync = i == micro_steps - 1 or runtime.world_size == 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), runtime.autocast():
-                _, loss = model(x, y)
-            step_loss += loss.detach().float() / micro_steps
-            scaler.scale(loss / micro_steps).backward()
-        if runtime.world_size > 1:
-            dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
-        scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip or float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        pending.append((step, lr, step_loss, norm.float()))
+        step_loss, norm = train_step(model, optimizer, scaler, batches.train_step(cfg.grad_accum_steps),
+                                     runtime, params, cfg.grad_clip)
+        pending.append((step, lr, step_loss, norm))
         step += 1
         bar.update(1)
         if step % cfg.log_interval == 0 and not flush():
