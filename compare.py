@@ -1,0 +1,423 @@
+"""Train gated and ungated GPTs side by side and compare what the gate changes.
+
+    python compare.py                                        # none vs elementwise on the default data (CPU recipe)
+    python compare.py --variants=none,elementwise,headwise,qk_norm
+    python compare.py --variants=none,value,output,shared    # the paper's ablations, by name
+    python compare.py --max_iters=500 --n_layer=6            # any train.py key applies to every variant
+    python compare.py --config=configs/compare_gpu.toml      # one GPU: nanoGPT's GPU Shakespeare recipe
+    python compare.py --fresh                                # retrain instead of reusing finished runs
+
+Every variant trains with the same seed (so the same initial draws and data
+order), budget and hyperparameters, in its own folder out_dir/VARIANT. A
+finished run with the same settings is reused and an interrupted one resumed,
+so running the command again only redoes the table and figures; --fresh
+retrains. Then one table, side by side (printed, and written to
+out_dir/compare.md and compare.json), and figures (with matplotlib):
+out_dir/loss.png (loss and gradient-norm curves) and out_dir/layers.png
+(first-token attention, M-Act and mean gate per layer).
+"""
+
+import json
+import statistics
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import analyze
+import prepare_data
+import train
+from configurable import ConfigError, opt, parse_args, pick, run_main, to_dict
+from model import GPT, GPTConfig
+from train import TrainConfig
+
+# ---------------------------------------------------------------------------
+# Variants: a name -> the model keys it changes (paper, Sec. 3.1 and Tables 1, 4)
+# ---------------------------------------------------------------------------
+
+VARIANT_KEYS = ("gate", "gate_position", "gate_activation", "gate_mode", "gate_heads", "gate_input", "qk_norm")
+
+VARIANTS = {
+    "none": ({"gate": "none"}, "a plain GPT, no gate"),
+    "elementwise": ({"gate": "elementwise"}, "G1: after SDPA, one score per head and channel (the paper's best)"),
+    "headwise": ({"gate": "headwise"}, "G1: one score per head"),
+    "qk_norm": ({"qk_norm": True}, "LayerNorm on q and k, the usual high-LR fix (Wortsman et al. 2023); "
+                                   "no gate unless combined"),
+    "value": ({"gate_position": "value"}, "G2: gate the value projection"),
+    "key": ({"gate_position": "key"}, "G3: gate the key projection"),
+    "query": ({"gate_position": "query"}, "G4: gate the query projection"),
+    "output": ({"gate_position": "output"}, "G5: gate after the output projection"),
+    "shared": ({"gate_heads": "shared"}, "one set of scores shared by all heads"),
+    "additive": ({"gate_mode": "additive", "gate_activation": "silu"}, "Y + silu(XW) instead of Y * sigmoid(XW)"),
+    "silu": ({"gate_activation": "silu"}, "SiLU instead of sigmoid"),
+    "ns_sigmoid": ({"gate_activation": "ns_sigmoid"}, "0.5 + 0.5 sigmoid: gates in [0.5, 1], no sparsity"),
+    "independent": ({"gate_input": "independent"}, "a learned constant per head and channel, not computed from X"),
+}
+
+
+def variants_help():
+    lines = ["Variants (--variants=a,b,...; join names with + to combine them, e.g. headwise+value;",
+             "an ablation name alone means the elementwise gate with that change, as in the paper's Table 1):"]
+    lines += [f"  {name:<12} {text}" for name, (_, text) in VARIANTS.items()]
+    return "\n".join(lines)
+
+
+def variant_settings(name):
+    """Every gate key of a variant: a plain GPT's values, changed by each '+'-joined name."""
+    changes = {}
+    for part in name.split("+"):
+        if part not in VARIANTS:
+            raise ConfigError(f"unknown variant '{part}': choose from {', '.join(VARIANTS)} (join with +)")
+        for key, value in VARIANTS[part][0].items():
+            if changes.get(key, value) != value:
+                raise ConfigError(f"variant '{name}': '{part}' sets {key}={value}, "
+                                  f"but another part sets {key}={changes[key]}")
+            changes[key] = value
+    if "gate" not in changes and set(changes) - {"qk_norm"}:
+        changes["gate"] = "elementwise"  # an ablation name gates G1's elementwise default
+    defaults = {key: GPTConfig.__dataclass_fields__[key].default for key in VARIANT_KEYS}
+    return {**defaults, "gate": "none", **changes}
+
+
+def parse_variants(text):
+    """The listed variant names, in order, once each; each is checked."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise ConfigError(f"no variants: give e.g. --variants=none,elementwise\n{variants_help()}")
+    for name in names:
+        variant_settings(name)
+    return names
+
+
+def shared_settings(model_cfg, train_cfg):
+    """The flat train.py settings every variant shares; the variant adds its gate keys and its folder."""
+    settings = to_dict(model_cfg, train_cfg)
+    changed = [key for key in VARIANT_KEYS if settings[key] != GPTConfig.__dataclass_fields__[key].default]
+    if changed:
+        raise ConfigError(f"'{changed[0]}' is set by each variant: choose variants with --variants "
+                          f"(e.g. --variants=none,headwise+qk_norm), not --{changed[0]}")
+    if train_cfg.resume:
+        raise ConfigError("runs are resumed automatically when they are unfinished: drop --resume")
+    del settings["out_dir"], settings["resume"]
+    return settings
+
+
+def run_settings(shared, name):
+    """The full train.py settings of one variant, checked (e.g. none+value is refused, with its reason)."""
+    settings = {**shared, **variant_settings(name)}
+    try:
+        pick(GPTConfig, settings)
+    except ConfigError as e:
+        raise ConfigError(f"variant '{name}': {e}") from None
+    return settings
+
+
+# ---------------------------------------------------------------------------
+# Runs: train, resume or reuse, through train.main
+# ---------------------------------------------------------------------------
+
+ANALYSIS_SEQUENCES = 64  # val sequences for analyze.py's statistics of each final checkpoint
+
+# Keys that do not change what a run computes, so a finished run is reused whatever they are.
+IGNORED_KEYS = ("progress", "log_interval", "compile")
+
+
+def settings_differ(settings, stored):
+    """'key: stored -> wanted' for each setting that differs from a checkpoint's stored config.
+
+    A key the checkpoint lacks (added to train.py since) counts as its default.
+    """
+    defaults = to_dict(GPTConfig(), TrainConfig())
+    return [f"{key}: {stored.get(key, defaults.get(key))!r} -> {value!r}" for key, value in settings.items()
+            if key not in IGNORED_KEYS and not (key == "vocab_size" and value == 0)
+            and stored.get(key, defaults.get(key)) != value]
+
+
+def run_variant(settings, run_dir, fresh=False):
+    """Train one run into run_dir through train.main; returns "trained", "resumed" or "reused".
+
+    A checkpoint with the same settings is reused when the run finished (or
+    diverged) and resumed when it was interrupted, bit for bit on CPU (train.py).
+    A checkpoint with other settings stops with a message rather than being
+    overwritten; fresh=True deletes it first.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "ckpt.pt"
+    argv = [f"--{key}={value}" for key, value in settings.items()] + [f"--out_dir={run_dir}"]
+    if fresh:
+        ckpt_path.unlink(missing_ok=True)
+    if ckpt_path.exists():
+        ckpt = train.load_checkpoint(ckpt_path)
+        differ = settings_differ(settings, ckpt["config"])
+        if differ:
+            raise ConfigError(f"{run_dir} holds a run with other settings ({'; '.join(differ[:3])}): "
+                              "pass --fresh to retrain it, or choose another --out_dir")
+        if ckpt["step"] >= settings["max_iters"] or read_metrics(run_dir)["diverged"]:
+            return "reused"
+        train.main(argv + ["--resume"])
+        return "resumed"
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # from a run that stopped before its first checkpoint
+    train.main(argv)
+    return "trained"
+
+
+def read_metrics(run_dir):
+    """metrics.jsonl as {"steps": [...], "evals": [...], "diverged": record or None}, in step order.
+
+    After a resume some steps are recorded twice; the later record wins, as in train.py's tests.
+    """
+    steps, evals, diverged = {}, {}, None
+    path = Path(run_dir) / "metrics.jsonl"
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        record = json.loads(line)
+        if record.get("diverged"):
+            diverged = record
+        elif "val_loss" in record:
+            evals[record["step"]] = record
+        elif "loss" in record:
+            steps[record["step"]] = record
+    return {"steps": [steps[s] for s in sorted(steps)], "evals": [evals[s] for s in sorted(evals)],
+            "diverged": diverged}
+
+
+def training_stats(metrics, spike_window):
+    """Loss, spike and speed numbers of one run, from its metrics."""
+    steps, evals = metrics["steps"], metrics["evals"]
+    losses, norms = [r["loss"] for r in steps], [r["grad_norm"] for r in steps]
+    logits = [(r["step"], r["max_attn_logit"]) for r in evals if r.get("max_attn_logit") is not None]
+    return {
+        "final_val_loss": evals[-1]["val_loss"] if evals else None,
+        # The eval at step 0 measures the loss at initialisation (the same for every learning rate).
+        "init_val_loss": evals[0]["val_loss"] if evals and evals[0]["step"] == 0 else None,
+        "best_val_loss": min((r["val_loss"] for r in evals), default=None),
+        "steps": len(steps),
+        "diverged_at": metrics["diverged"]["step"] if metrics["diverged"] else None,
+        # OLMo 2's spike scores (REFERENCE.md section 2), with the window the run used.
+        "loss_spike_score": analyze.spike_score(losses, spike_window),
+        "grad_spike_score": analyze.spike_score(norms, spike_window),
+        "max_grad_norm": max(norms, default=None),
+        "max_attn_logit_curve": logits,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps) if steps else None,
+    }
+
+
+def run_results(run_dir, settings):
+    """Training stats plus analyze.py's sink, activation and gate statistics of the final checkpoint.
+
+    Sinks are measured on sequences of Gu et al.'s T = 64 tokens (fewer if the
+    context is shorter), since Sink_1 falls as T grows (REFERENCE.md section 2).
+    """
+    stats = analyze.analyze_checkpoint(Path(run_dir) / "ckpt.pt", "val", ANALYSIS_SEQUENCES,
+                                       min(64, settings["block_size"]), device=settings["device"])
+    del stats["val_loss"]  # on the analysis sequences; the table reports train.py's evaluation instead
+    stats.update(training_stats(read_metrics(run_dir), settings["spike_window"]))
+    return stats
+
+
+# ---------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------
+
+
+TABLE_ROWS = [  # (label, key, format); what each means is in the README, "See it yourself"
+    ("final val loss", "final_val_loss", "{:.4f}"),
+    ("loss spike score (%)", "loss_spike_score", "{:.2f}"),
+    ("grad spike score (%)", "grad_spike_score", "{:.2f}"),
+    ("max grad norm", "max_grad_norm", "{:.3g}"),
+    ("F-Attn (attention on token 0)", "f_attn", "{:.3f}"),
+    ("Sink_1 (% heads, eps 0.3)", "sink_1", "{:.1f}"),
+    ("M-Act (max abs activation)", "m_act", "{:.2f}"),
+    ("max / median activation", "m_act_ratio", "{:.1f}"),
+    ("max attention logit", "max_attn_logit", "{:.2f}"),
+    ("mean gate", "mean_gate", "{:.3f}"),
+    ("tokens/s", "tokens_per_s", "{:,.0f}"),
+    ("parameters", "params", "{:,}"),
+]
+
+
+def format_table(results):
+    """A markdown table, one column per variant and one row per metric."""
+    names = list(results)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, key, fmt in TABLE_ROWS:
+        cells = ["-" if results[name].get(key) is None else fmt.format(results[name][key]) for name in names]
+        if key == "final_val_loss":
+            cells = [f"diverged at step {results[n]['diverged_at']}" if results[n]["diverged_at"] is not None
+                     else cell for n, cell in zip(names, cells)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def resolved_runtime(settings):
+    """What device, dtype and compile=auto become on this machine (train.py decides), for the record."""
+    runtime = train.setup_runtime(settings["device"], settings["dtype"])
+    folder = prepare_data.dataset_dir(settings["data_dir"], settings["dataset"])
+    vocab_size = settings["vocab_size"] or prepare_data.load_meta(folder)["vocab_size"]
+    with torch.device("meta"):  # the shape alone: on a CPU, compile=auto depends on the model's FLOPs
+        model = GPT(pick(GPTConfig, {**settings, "vocab_size": vocab_size}))
+    compiled = train.should_compile(pick(TrainConfig, settings), runtime, model)
+    resolved = {"device": str(runtime.device), "dtype": str(runtime.dtype).removeprefix("torch."),
+                "compile": str(compiled).lower()}
+    return {key: value if settings[key] == value else f"{settings[key]}: {value}" for key, value in resolved.items()}
+
+
+def describe_settings(settings, lr_text=None):
+    """One line with what the runs shared; `lr_text` replaces the learning-rate part."""
+    s = {**settings, **resolved_runtime(settings)}
+    tokens = s["max_iters"] * s["batch_size"] * s["block_size"] * s["grad_accum_steps"]
+    lr_text = lr_text or f"lr {s['learning_rate']:g} (cosine to {s['min_lr']:g})"
+    return (f"dataset {s['dataset']}, {s['n_layer']} layers x {s['n_embd']} wide, {s['n_head']} heads, "
+            f"context {s['block_size']}, batch {s['batch_size']}x{s['grad_accum_steps']}, {s['max_iters']} steps "
+            f"({tokens / 1e6:.2f}M tokens), {lr_text}, warm-up {s['warmup_iters']}, weight decay "
+            f"{s['weight_decay']:g}, grad clip {s['grad_clip']:g}, dropout {s['dropout']:g}, seed {s['seed']}, "
+            f"device {s['device']}, dtype {s['dtype']}, compile {s['compile']}")
+
+
+# ---------------------------------------------------------------------------
+# Figures (matplotlib is optional)
+# ---------------------------------------------------------------------------
+
+
+def analysis_note(settings):
+    return (f"F-Attn, Sink_1, M-Act, attention logit and gate on {ANALYSIS_SEQUENCES} val sequences of "
+            f"{min(64, settings['block_size'])} tokens")
+
+
+def new_figure(width, height):
+    """A matplotlib Figure drawn off-screen (no pyplot state), or None without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def has_matplotlib():
+    if new_figure(1, 1) is None:
+        print("figures skipped: pip install matplotlib")
+        return False
+    return True
+
+
+def smooth(values, window):
+    """Trailing mean over `window` points (shorter at the start), so curves keep their length."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0 or window <= 1:
+        return x
+    sums = np.cumsum(np.insert(x, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(x) + 1), window)
+    return (sums[1:] - sums[np.maximum(0, np.arange(1, len(x) + 1) - window)]) / counts
+
+
+def plot_training(ax_loss, ax_norm, name, metrics):
+    """One run's smoothed train loss (line), val loss (dots) and gradient norm on two axes; returns its colour."""
+    steps = [r["step"] for r in metrics["steps"]]
+    window = max(1, len(steps) // 50)
+    line, = ax_loss.plot(steps, smooth([r["loss"] for r in metrics["steps"]], window), lw=1, label=name)
+    evals = metrics["evals"]
+    ax_loss.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o", ms=3, color=line.get_color())
+    ax_norm.plot(steps, [r["grad_norm"] for r in metrics["steps"]], lw=0.6, alpha=0.8, color=line.get_color(),
+                 label=name)
+    return line.get_color()
+
+
+def plot_losses(path, metrics_by_name, title):
+    """Loss and gradient-norm curves of every variant, overlaid."""
+    fig = new_figure(11, 4)
+    ax_loss, ax_norm = fig.subplots(1, 2)
+    for name, metrics in metrics_by_name.items():
+        plot_training(ax_loss, ax_norm, name, metrics)
+    # Start the loss axis below the first steps' loss so that the differences that matter show.
+    tails = [r["val_loss"] for m in metrics_by_name.values() for r in m["evals"][1:]]
+    if tails:
+        ax_loss.set_ylim(min(tails) - 0.1, max(tails) + 0.3)
+    ax_loss.set(xlabel="step", ylabel="loss", title="train loss (smoothed) and val loss (dots)")
+    ax_norm.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm")
+    ax_loss.legend()
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def uniform_first_token_attention(seq_len):
+    """F-Attn of attention spread evenly over the causal context: mean over t < T of 1 / (t + 1)."""
+    return sum(1.0 / (t + 1) for t in range(seq_len)) / seq_len
+
+
+def plot_layers(path, results, seq_len, title):
+    """Per layer: first-token attention (mean over heads), M-Act and mean gate, one line per variant."""
+    fig = new_figure(13, 3.8)
+    axes = fig.subplots(1, 3)
+    for name, r in results.items():
+        per_layer = r["per_layer"]
+        layers = range(len(per_layer["m_act"]))
+        axes[0].plot(layers, np.mean(per_layer["first_token_attn"], axis=1), marker="o", label=name)
+        axes[1].plot(layers, per_layer["m_act"], marker="o", label=name)
+        axes[2].plot(layers, per_layer["mean_gate"] if per_layer["mean_gate"] else [np.nan] * len(layers),
+                     marker="o", label=name)
+    # Without a sink, attention spread evenly over the causal context puts 1/(t+1) on token 0 at
+    # query t: H_T / T on average over T queries (0.074 at T = 64), the level to compare against.
+    axes[0].axhline(uniform_first_token_attention(seq_len), color="gray", ls=":", label="uniform attention")
+    axes[0].set(ylabel="attention on token 0 (alpha_1, mean over heads)", ylim=(0, None),
+                title="first-token attention (F-Attn per layer)")
+    axes[1].set(ylabel="max |h| of the layer output", yscale="log", title="M-Act per layer")
+    axes[2].set(ylabel="mean gate score", ylim=(0, 1), title="mean gate per layer (gated variants)")
+    for ax in axes:
+        ax.set(xlabel="layer")
+        ax.set_xticks(list(layers))
+    axes[0].legend()
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class CompareConfig:
+    variants: str = opt("none,elementwise", "comma-separated variants, each trained the same way (listed above)")
+    out_dir: str = opt("runs/compare", "folder for one run folder per variant, the table and the figures")
+    fresh: bool = opt(False, "retrain every variant, deleting its checkpoint, instead of reusing finished runs")
+
+
+def write_outputs(out_dir, shared, results, description):
+    """compare.md (the table and its settings) and compare.json (every number)."""
+    table = f"{format_table(results)}\n\n{description}; {analysis_note(shared)}"
+    (out_dir / "compare.md").write_text(f"{table}\n")
+    analyze.write_report(out_dir / "compare.json", {**shared, "resolved": resolved_runtime(shared)}, results)
+    return table
+
+
+def main(argv=None):
+    """Train (or reuse) each variant, then print the table and write it and the figures; returns the results."""
+    cmp_cfg, model_cfg, train_cfg = parse_args([CompareConfig, GPTConfig, TrainConfig], argv, prog="compare.py",
+                                               description=f"{__doc__}\n{variants_help()}")
+    shared = shared_settings(model_cfg, train_cfg)
+    runs = {name: run_settings(shared, name) for name in parse_variants(cmp_cfg.variants)}
+    out_dir = Path(cmp_cfg.out_dir)
+    for name, settings in runs.items():
+        start = time.perf_counter()
+        how = run_variant(settings, out_dir / name, cmp_cfg.fresh)
+        print(f"{name}: {how} in {out_dir / name} ({time.perf_counter() - start:.0f} s)", flush=True)
+    results = {name: run_results(out_dir / name, settings) for name, settings in runs.items()}
+    title = describe_settings(shared)
+    table = write_outputs(out_dir, shared, results, title)
+    print(f"\n{table}\ntable: {out_dir / 'compare.md'}, {out_dir / 'compare.json'}")
+    if has_matplotlib():
+        metrics = {name: read_metrics(out_dir / name) for name in runs}
+        print(f"figures: {plot_losses(out_dir / 'loss.png', metrics, title)}, "
+              f"{plot_layers(out_dir / 'layers.png', results, min(64, shared['block_size']), title)}")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,304 @@
+"""Stability at high learning rates: a log-spaced LR grid for each variant, and its LR sensitivity.
+
+    python sweep.py                                              # 4 variants x 6 LRs 1e-3..0.32, short CPU runs
+    python sweep.py --lr_min=3e-4 --lr_max=3e-1 --lr_points=7    # Wortsman et al.'s grid
+    python sweep.py --variants=none,elementwise --max_iters=1000 --n_layer=6 --out_dir=runs/sweep-long
+
+Each (variant, learning rate) pair is one run in out_dir/VARIANT/lr_LR, trained
+as compare.py trains (same seed, data order and settings; min_lr is
+learning_rate * min_lr_ratio). Each run appends one JSON line to
+out_dir/results.jsonl: its status (finished, diverged or crashed), the val loss
+at initialisation, at the end and at best, loss and grad-norm spike scores, the
+largest gradient norm and the max attention logit at each evaluation (the
+per-step curves are in the run's metrics.jsonl). A diverging or crashing run is
+recorded and the sweep goes on. Started again with the same settings, the sweep
+skips the finished and diverged runs and retries crashed ones (an interrupted
+run resumes from its checkpoint); new variants or learning rates are added.
+
+Then, per variant (printed, and in out_dir/summary.md and summary.json):
+  LR sensitivity     Wortsman et al. 2023: the mean over the grid of
+                     min(final loss, loss at init) - best final loss; a diverged
+                     run counts at the loss at init. Lower is more robust to the LR.
+  best loss, at LR   the lowest final val loss on the grid and its learning rate
+  largest stable LR  the largest LR whose run did not diverge and ended within
+                     stable_within (a fraction) of the variant's best loss
+Figures (with matplotlib): out_dir/loss_vs_lr.png and out_dir/highest_lr.png.
+
+Training keys default as in train.py (see below), except for a short CPU
+budget per run: max_iters=300, warmup_iters=30, eval_interval=100,
+eval_iters=10, progress=false. learning_rate and min_lr are set per run.
+"""
+
+import json
+import math
+import textwrap
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import compare
+from configurable import ConfigError, opt, parse_args, run_main
+from model import GPTConfig
+from train import TrainConfig
+
+# The default budget per run: short enough for the default 4 x 6 grid on a laptop CPU.
+TRAIN_DEFAULTS = {"max_iters": 300, "warmup_iters": 30, "eval_interval": 100, "eval_iters": 10, "progress": False}
+PER_RUN_KEYS = ("learning_rate", "min_lr")
+
+
+@dataclass
+class SweepConfig:
+    variants: str = opt("none,elementwise,headwise,qk_norm", "comma-separated variants (as in compare.py)")
+    lr_min: float = opt(1e-3, "smallest learning rate of the grid")
+    lr_max: float = opt(0.32, "largest learning rate of the grid")
+    lr_points: int = opt(6, "learning rates, log-spaced from lr_min to lr_max (rounded to 2 digits)")
+    min_lr_ratio: float = opt(0.1, "each run's cosine decays to learning_rate * min_lr_ratio")
+    stable_within: float = opt(0.1, "a run is stable if it did not diverge and ended within this fraction "
+                                    "of the variant's best loss")
+    out_dir: str = opt("runs/sweep", "folder for the runs, results.jsonl, the summary and the figures")
+
+    def __post_init__(self):
+        if not 0 < self.lr_min <= self.lr_max:
+            raise ConfigError(f"need 0 < lr_min <= lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
+        if self.lr_points < 1 or (self.lr_points == 1 and self.lr_min != self.lr_max):
+            raise ConfigError("lr_points must be at least 1 (and 1 only when lr_min == lr_max)")
+        if not 0 <= self.min_lr_ratio <= 1 or self.stable_within < 0:
+            raise ConfigError("min_lr_ratio must be in [0, 1] and stable_within at least 0")
+
+
+def lr_grid(lr_min, lr_max, points):
+    """`points` log-spaced learning rates from lr_min to lr_max, rounded to 2 significant digits."""
+    return list(dict.fromkeys(float(f"{lr:.2g}") for lr in np.geomspace(lr_min, lr_max, points)))
+
+
+def lr_key(lr):
+    return f"{lr:.3g}"
+
+
+# ---------------------------------------------------------------------------
+# Runs and the results file
+# ---------------------------------------------------------------------------
+
+
+def sweep_run(name, lr, settings, run_dir):
+    """Train one (variant, lr) run; its results record. A crash is caught and recorded."""
+    start = time.perf_counter()
+    record = {"variant": name, "lr": lr, "run_dir": str(run_dir)}
+    try:
+        compare.run_variant(settings, run_dir)
+    except Exception as e:  # noqa: BLE001 - any failure of one run is recorded; Ctrl-C still stops the sweep
+        traceback.print_exc()
+        return {**record, "status": "crashed", "error": f"{type(e).__name__}: {e}",
+                "wall_s": time.perf_counter() - start}
+    stats = compare.training_stats(compare.read_metrics(run_dir), settings["spike_window"])
+    logits = [value for _, value in stats["max_attn_logit_curve"]]
+    return {**record, "status": "diverged" if stats["diverged_at"] is not None else "finished", **stats,
+            "max_attn_logit": max(logits, default=None), "wall_s": time.perf_counter() - start}
+
+
+def outcome(record):
+    if record["status"] == "finished":
+        return f"finished, final val loss {record['final_val_loss']:.4f}"
+    if record["status"] == "diverged":
+        return f"diverged at step {record['diverged_at']}"
+    return f"crashed: {record['error']}"
+
+
+def load_results(path):
+    """The latest record of each (variant, lr) in results.jsonl."""
+    path = Path(path)
+    records = {}
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        if line.strip():
+            record = json.loads(line)
+            records[(record["variant"], lr_key(record["lr"]))] = record
+    return records
+
+
+def append_result(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def check_sweep_settings(path, settings):
+    """Write the sweep's shared settings to sweep.json, or check them against an earlier start."""
+    path = Path(path)
+    if path.exists():
+        differ = compare.settings_differ(settings, json.loads(path.read_text()))
+        if differ:
+            raise ConfigError(f"{path.parent} holds a sweep with other settings ({'; '.join(differ[:3])}): "
+                              "choose another --out_dir, or delete that folder to start over")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# LR sensitivity and the summary per variant
+# ---------------------------------------------------------------------------
+
+
+def lr_sensitivity(final_losses, init_loss):
+    """Wortsman et al. 2023 (REFERENCE.md section 2): mean over the grid of
+    min(final loss, loss at init) - best, where best is the lowest of those values.
+
+    `final_losses` has one entry per learning rate, None for a diverged run,
+    which counts at the loss at initialisation, as does any run that ended above it.
+    """
+    capped = [init_loss if loss is None or not math.isfinite(loss) else min(loss, init_loss)
+              for loss in final_losses]
+    best = min(capped)
+    return sum(loss - best for loss in capped) / len(capped)
+
+
+def final_loss(record):
+    """A run's final val loss for the sensitivity: None when it diverged."""
+    return None if record["status"] == "diverged" else record["final_val_loss"]
+
+
+def summarize(records, stable_within):
+    """One variant's LR sensitivity, best loss and LR, and largest stable LR, from its runs' records.
+
+    Crashed runs say nothing about the learning rate and are left out (and counted).
+    The loss at initialisation is measured at step 0; it is the same for every LR
+    (same seed, same initial weights, same evaluation batches).
+    """
+    runs = sorted((r for r in records if r["status"] != "crashed"), key=lambda r: r["lr"])
+    summary = {"runs": len(runs), "diverged": sum(r["status"] == "diverged" for r in runs),
+               "crashed": len(records) - len(runs), "lr_sensitivity": None, "best_loss": None,
+               "best_lr": None, "largest_stable_lr": None, "init_loss": None}
+    inits = [r["init_val_loss"] for r in runs if r.get("init_val_loss") is not None]
+    if not runs or not inits:
+        return summary
+    init = summary["init_loss"] = inits[0]
+    losses = [final_loss(r) for r in runs]
+    summary["lr_sensitivity"] = lr_sensitivity(losses, init)
+    finished = [(loss, r["lr"]) for loss, r in zip(losses, runs) if loss is not None]
+    if finished:
+        summary["best_loss"], summary["best_lr"] = min(finished)
+        stable = [lr for loss, lr in finished if loss <= summary["best_loss"] * (1 + stable_within)]
+        summary["largest_stable_lr"] = max(stable)
+    return summary
+
+
+def _cell(value, fmt):
+    return "-" if value is None else fmt.format(value)
+
+
+def format_summary(summaries):
+    lines = ["| variant | LR sensitivity | best final loss | at LR | largest stable LR | diverged | crashed |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in summaries.items():
+        lines.append(f"| {name} | {_cell(s['lr_sensitivity'], '{:.3f}')} | {_cell(s['best_loss'], '{:.4f}')} | "
+                     f"{_cell(s['best_lr'], '{:g}')} | {_cell(s['largest_stable_lr'], '{:g}')} | "
+                     f"{s['diverged']}/{s['runs']} | {s['crashed']} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------
+
+
+def plot_loss_vs_lr(path, records_by_variant, summaries, title):
+    """Final val loss against the learning rate, one line per variant; diverged runs as x at the init loss."""
+    fig = compare.new_figure(7, 4.5)
+    ax = fig.subplots()
+    for name, records in records_by_variant.items():
+        runs = sorted((r for r in records if r["status"] != "crashed"), key=lambda r: r["lr"])
+        init = summaries[name]["init_loss"]
+        xs = [r["lr"] for r in runs]
+        ys = [init if r["status"] == "diverged" else min(r["final_val_loss"], init or math.inf) for r in runs]
+        sensitivity = _cell(summaries[name]["lr_sensitivity"], "{:.3f}")
+        line, = ax.plot(xs, ys, marker="o", label=f"{name} (LR sensitivity {sensitivity})")
+        diverged = [(r["lr"], init) for r in runs if r["status"] == "diverged"]
+        if diverged:
+            ax.plot(*zip(*diverged), "x", ms=10, mew=2, color=line.get_color())
+    inits = [s["init_loss"] for s in summaries.values() if s["init_loss"] is not None]
+    if inits:
+        ax.axhline(np.mean(inits), color="gray", ls=":", label="loss at init (x: diverged)")
+    ax.set(xscale="log", xlabel="peak learning rate", ylabel="final val loss (capped at init)",
+           title="final loss vs learning rate")
+    ax.legend(fontsize=8)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=7)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot_highest_lr(path, run_dirs, lr, title):
+    """Loss, gradient norm and max attention logit over training at the highest LR, one line per variant."""
+    fig = compare.new_figure(14, 4)
+    ax_loss, ax_norm, ax_logit = fig.subplots(1, 3)
+    for name, run_dir in run_dirs.items():
+        metrics = compare.read_metrics(run_dir)
+        if not metrics["steps"]:
+            continue
+        color = compare.plot_training(ax_loss, ax_norm, name, metrics)
+        logits = [(r["step"], r["max_attn_logit"]) for r in metrics["evals"] if r.get("max_attn_logit") is not None]
+        if logits:
+            ax_logit.plot(*zip(*logits), marker="o", color=color, label=name)
+        if metrics["diverged"]:
+            ax_loss.axvline(metrics["diverged"]["step"], color=color, ls="--", lw=0.8)
+    ax_loss.set(xlabel="step", ylabel="loss", title=f"loss at lr {lr:g} (dashed: diverged)")
+    ax_norm.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm")
+    ax_logit.set(xlabel="step", ylabel="max attention logit", yscale="log", title="attention-logit growth")
+    ax_loss.legend()
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None):
+    """Run the missing runs of the grid, then summarise every variant; returns the summaries."""
+    sweep_cfg, model_cfg, train_cfg = parse_args(
+        [SweepConfig, GPTConfig, TrainConfig], argv, prog="sweep.py",
+        description=f"{__doc__}\n{compare.variants_help()}", base=TRAIN_DEFAULTS)
+    shared = compare.shared_settings(model_cfg, train_cfg)
+    for key in PER_RUN_KEYS:
+        del shared[key]
+    names = compare.parse_variants(sweep_cfg.variants)
+    lrs = lr_grid(sweep_cfg.lr_min, sweep_cfg.lr_max, sweep_cfg.lr_points)
+    out_dir = Path(sweep_cfg.out_dir)
+    check_sweep_settings(out_dir / "sweep.json", {**shared, "min_lr_ratio": sweep_cfg.min_lr_ratio})
+    runs = {(name, lr): {**compare.run_settings(shared, name), "learning_rate": lr,
+                         "min_lr": lr * sweep_cfg.min_lr_ratio} for name in names for lr in lrs}
+    results_path = out_dir / "results.jsonl"
+    done = load_results(results_path)
+    for (name, lr), settings in runs.items():
+        previous = done.get((name, lr_key(lr)))
+        if previous is not None and previous["status"] != "crashed":
+            print(f"{name} lr {lr:g}: {previous['status']} earlier, skipped")
+            continue
+        print(f"{name} lr {lr:g}: training", flush=True)
+        record = sweep_run(name, lr, settings, out_dir / name / f"lr_{lr:g}")
+        append_result(results_path, record)
+        print(f"{name} lr {lr:g}: {outcome(record)} ({record['wall_s']:.0f} s)", flush=True)
+
+    results = load_results(results_path)
+    by_variant = {name: [results[(name, lr_key(lr))] for lr in lrs if (name, lr_key(lr)) in results]
+                  for name in names}
+    summaries = {name: summarize(records, sweep_cfg.stable_within) for name, records in by_variant.items()}
+    lr_text = (f"{len(lrs)} peak LRs {lrs[0]:g}..{lrs[-1]:g} (cosine to LR x {sweep_cfg.min_lr_ratio:g})")
+    title = compare.describe_settings(shared, lr_text)
+    table = f"{format_summary(summaries)}\n\n{title}; stable: within {sweep_cfg.stable_within:.0%} of the best loss"
+    (out_dir / "summary.md").write_text(table + "\n")
+    (out_dir / "summary.json").write_text(json.dumps({"settings": shared, "lrs": lrs, "variants": summaries},
+                                                     indent=1) + "\n")
+    print(f"\n{table}\nresults: {results_path}, {out_dir / 'summary.md'}, {out_dir / 'summary.json'}")
+    if compare.has_matplotlib():
+        top = {name: out_dir / name / f"lr_{lrs[-1]:g}" for name in names}
+        print(f"figures: {plot_loss_vs_lr(out_dir / 'loss_vs_lr.png', by_variant, summaries, title)}, "
+              f"{plot_highest_lr(out_dir / 'highest_lr.png', top, lrs[-1], title)}")
+    return summaries
+
+
+if __name__ == "__main__":
+    run_main(main)

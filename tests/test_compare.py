@@ -1,0 +1,154 @@
+"""compare.py: variants, run reuse, the training statistics, and a tiny end-to-end comparison. CPU only."""
+
+import builtins
+import importlib.util
+import json
+import math
+
+import pytest
+
+import compare
+import train
+from configurable import ConfigError, parse_args
+from model import GPTConfig
+from train import TrainConfig
+
+
+def tiny(data_dir, out_dir, *extra):
+    """A run of a few seconds: one small layer, ten steps."""
+    return [f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={out_dir}", "--n_layer=1", "--n_head=2",
+            "--n_embd=16", "--block_size=16", "--batch_size=4", "--max_iters=10", "--eval_interval=5",
+            "--eval_iters=2", "--warmup_iters=2", "--compile=false", "--dtype=float32", "--device=cpu",
+            "--progress=false", *extra]
+
+
+def count_training(monkeypatch):
+    """Record the out_dir of every train.main call, still training for real."""
+    calls, original = [], train.main
+
+    def counted(argv=None):
+        calls.append(next(a for a in argv if a.startswith("--out_dir=")))
+        return original(argv)
+
+    monkeypatch.setattr(train, "main", counted)
+    return calls
+
+
+def test_variants_set_every_gate_key():
+    plain = compare.variant_settings("none")
+    assert plain["gate"] == "none" and plain["qk_norm"] is False and plain["gate_position"] == "sdpa"
+    assert compare.variant_settings("qk_norm") == {**plain, "qk_norm": True}
+    assert compare.variant_settings("elementwise+qk_norm") == {**plain, "gate": "elementwise", "qk_norm": True}
+    # An ablation alone means the paper's G1 elementwise gate with that one change.
+    assert compare.variant_settings("value") == {**plain, "gate": "elementwise", "gate_position": "value"}
+    assert compare.variant_settings("headwise+shared")["gate_heads"] == "shared"
+    assert compare.variant_settings("additive")["gate_activation"] == "silu"
+    assert compare.parse_variants(" none, headwise ,none") == ["none", "headwise"]
+
+
+def test_variant_errors_are_one_line():
+    with pytest.raises(ConfigError, match="unknown variant 'bogus': choose from none, elementwise"):
+        compare.parse_variants("none,bogus")
+    with pytest.raises(ConfigError, match="'ns_sigmoid' sets gate_activation=ns_sigmoid"):
+        compare.variant_settings("additive+ns_sigmoid")
+    with pytest.raises(ConfigError, match="variant 'none\\+value': gate_position=value has no effect"):
+        compare.main(["--variants=none+value"])
+    with pytest.raises(ConfigError, match="'gate' is set by each variant"):
+        compare.main(["--gate=headwise"])
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        compare.main(["--lerning_rate=1e-3"])
+
+
+def write_metrics(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_training_stats_from_a_synthetic_run(tmp_path):
+    # 300 steps of a gently wobbling loss with one jump at step 250: OLMo 2's score judges the
+    # 200 steps that have a full window of 100 before them, and finds 1 spike: 0.5%.
+    steps = [{"step": s, "loss": 2.0 + 0.01 * math.sin(s) + (5.0 if s == 250 else 0.0),
+              "grad_norm": 1.0 + 0.01 * math.cos(s), "tokens_per_s": 1000.0 + s} for s in range(300)]
+    evals = [{"step": 0, "val_loss": 4.0, "max_attn_logit": 1.0}, {"step": 150, "val_loss": 2.5},
+             {"step": 300, "val_loss": 2.1, "max_attn_logit": 3.0}]
+    resumed = [{"step": 0, "loss": 99.0, "grad_norm": 99.0, "tokens_per_s": 1.0}]  # replaced by the later record
+    write_metrics(tmp_path / "metrics.jsonl", resumed + steps + evals)
+    stats = compare.training_stats(compare.read_metrics(tmp_path), spike_window=100)
+    assert stats["loss_spike_score"] == pytest.approx(0.5)
+    assert stats["grad_spike_score"] == 0.0
+    assert stats["final_val_loss"] == 2.1 and stats["init_val_loss"] == 4.0 and stats["best_val_loss"] == 2.1
+    assert stats["max_grad_norm"] == pytest.approx(1.01, abs=1e-3) and stats["steps"] == 300
+    assert stats["tokens_per_s"] == pytest.approx(1149.5) and stats["diverged_at"] is None
+    assert stats["max_attn_logit_curve"] == [(0, 1.0), (300, 3.0)]
+
+    write_metrics(tmp_path / "metrics.jsonl", steps[:20] + evals[:1] + [{"step": 20, "diverged": True}])
+    assert compare.training_stats(compare.read_metrics(tmp_path), 100)["diverged_at"] == 20
+
+
+def test_uniform_first_token_attention():
+    # Evenly spread causal attention: H_T / T, what an untrained model shows as F-Attn.
+    assert compare.uniform_first_token_attention(1) == 1.0
+    assert compare.uniform_first_token_attention(64) == pytest.approx(0.0741, abs=1e-4)
+
+
+def test_compare_end_to_end(data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    calls = count_training(monkeypatch)
+    results = compare.main(tiny(data_dir, out, "--variants=none,elementwise"))
+    assert [c.rsplit("/", 1)[-1] for c in calls] == ["none", "elementwise"]
+    printed = capsys.readouterr().out
+    assert "| | none | elementwise |" in printed
+    for label, _, _ in compare.TABLE_ROWS:
+        assert f"| {label} |" in printed
+    assert results["none"]["mean_gate"] is None and 0 < results["elementwise"]["mean_gate"] < 1
+    assert results["elementwise"]["params"] > results["none"]["params"]  # the gate's extra columns
+    assert results["none"]["final_val_loss"] < results["none"]["init_val_loss"]
+    assert "| | none | elementwise |" in (out / "compare.md").read_text()
+    report = json.loads((out / "compare.json").read_text())
+    assert set(report["models"]) == {"none", "elementwise"} and report["settings"]["max_iters"] == 10
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "loss.png").stat().st_size > 0 and (out / "layers.png").stat().st_size > 0
+    else:
+        assert "figures skipped: pip install matplotlib" in printed
+
+    # Again, without matplotlib: the finished runs are reused, the table is printed, figures are skipped.
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    again = compare.main(tiny(data_dir, out, "--variants=none,elementwise"))
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    printed = capsys.readouterr().out
+    assert len(calls) == 2 and "none: reused" in printed and "figures skipped: pip install matplotlib" in printed
+    assert again["none"]["final_val_loss"] == results["none"]["final_val_loss"]
+
+    # Other settings in the same folder stop with a message, unless --fresh retrains.
+    with pytest.raises(ConfigError, match="holds a run with other settings \\(max_iters: 10 -> 12\\).*--fresh"):
+        compare.main(tiny(data_dir, out, "--variants=none", "--max_iters=12"))
+    compare.main(tiny(data_dir, out, "--variants=none", "--max_iters=12", "--fresh"))
+    assert len(calls) == 3 and train.load_checkpoint(out / "none" / "ckpt.pt")["step"] == 12
+
+
+def test_an_interrupted_run_is_resumed_then_reused(data_dir, tmp_path, monkeypatch):
+    model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], tiny(data_dir, "unused"))
+    settings = compare.run_settings(compare.shared_settings(model_cfg, train_cfg), "none")
+    run_dir = tmp_path / "none"
+    original, calls = train.Batches.train_step, {"n": 0}
+
+    def interrupted_at_step_7(self, micro_steps):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise KeyboardInterrupt
+        return original(self, micro_steps)
+
+    monkeypatch.setattr(train.Batches, "train_step", interrupted_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        compare.run_variant(settings, run_dir)
+    monkeypatch.setattr(train.Batches, "train_step", original)
+    assert train.load_checkpoint(run_dir / "ckpt.pt")["step"] == 5
+    assert compare.run_variant(settings, run_dir) == "resumed"
+    assert train.load_checkpoint(run_dir / "ckpt.pt")["step"] == 10
+    assert compare.run_variant(settings, run_dir) == "reused"
