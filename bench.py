@@ -1,0 +1,572 @@
+"""Measure training and generation speed, comparing variants side by side.
+
+    python bench.py                  # CPU: 6 layers, 6 heads, 384 dim, context 256, batch 16
+                                     # CUDA: GPT-2 124M, context 1024 (--preset=gpt2)
+    python bench.py --preset=tiny    # nanoGPT's CPU recipe: 4 layers, 4 heads, 128 dim, context 64, batch 12
+    python bench.py --config=configs/tinyshakespeare_cpu.toml    # the shape and batch of any training preset
+    python bench.py --variants=none,headwise,elementwise --tables=gate
+    python bench.py --speedrun       # configs/speedrun_cpu.toml against nanoGPT's fp32 eager CPU recipe
+
+Training is timed on train.py's own step (train.train_step: forward, backward,
+gradient clipping, AdamW) with batches drawn by train.Batches from the prepared
+dataset (a synthetic one when it is missing). Every variant is built first and
+warmed up (compiled, if it compiles); then the timed repeats go round-robin,
+one repeat of each variant in turn, so that drift of the machine (other jobs,
+clock changes) hits all of them alike. Times are medians over the rounds;
+ratios are medians of the ratios within each round.
+
+GPU check (GPT-2 124M, context 1024, bf16, compiled, flash attention; the
+target is an MFU of at least 45% on H100/H200-class GPUs):
+
+    python bench.py --preset=gpt2 --tables=train --paths=default
+
+Tables:
+  train     the default path (dtype=auto, compile=auto, as train.py picks them
+            for this device) against plain fp32 eager, and the steps between
+  gate      the cost of the gate: none, headwise, elementwise on the default path
+  generate  tokens/s sampling with and without the KV cache, within the
+            context and far past it (the window jumps by block_size/4 and the
+            cache is re-filled)
+MFU is the model's training FLOPs (6N + attention) per second over the
+device's peak for that precision: a data-sheet table for GPUs, a measured
+1024x1024 matmul on CPUs. Peak memory: torch.cuda.max_memory_allocated on CUDA;
+on CPU the process's peak resident set size (VmHWM, reset before each
+measurement where Linux allows, after handing freed memory back with
+malloc_trim). Each variant's peak is counted from just before it is built, so
+the variants built before it do not count; "+step" is what one training step
+adds on top of what is resident (activations, gradients, temporaries).
+"""
+
+import contextlib
+import ctypes
+import dataclasses
+import gc
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import prepare_data
+import train
+from configurable import ConfigError, opt, parse_args, run_main
+from model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent
+
+# Model shape and batch of each preset; keys given on the command line override them.
+PRESETS = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12),
+    "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=16),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=32, vocab_size=50304),
+}
+NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+@dataclass
+class BenchConfig:
+    preset: str = opt("auto", "model shape and batch: tiny | medium | gpt2 | none (auto: gpt2 on CUDA, else medium)")
+    tables: str = opt("train,gate,generate", "which tables to measure, comma-separated: train, gate, generate")
+    paths: str = opt("float32/false,bfloat16/false,float32/true,default",
+                     "dtype/compile pairs of the train table, the first the reference; default: what "
+                     "train.py picks from --dtype and --compile (auto: bf16 and compile where they pay)")
+    variants: str = opt("none,headwise,elementwise", "gates of the gate table; the first is the reference")
+    warmup: int = opt(3, "untimed steps per variant before timing (compilation happens here)")
+    steps: int = opt(0, "timed training steps per repeat (0: about 2 s of work per repeat, at least 2)")
+    repeats: int = opt(5, "timed repeats per variant, round-robin; the median is reported")
+    gen_tokens: str = opt("250,1000", "new tokens per generation run, comma-separated")
+    gen_repeats: int = opt(3, "timed repeats of each generation run")
+    json: str = opt("", "also write every figure to this JSON file")
+    speedrun: bool = opt(False, "instead of the tables: time configs/speedrun_cpu.toml against nanoGPT's "
+                                "fp32 eager CPU recipe, both to the end (several minutes)")
+    speedrun_config: str = opt("configs/speedrun_cpu.toml", "the speedrun's preset")
+    baseline_config: str = opt("configs/tinyshakespeare_cpu.toml", "the recipe the speedrun is timed against")
+    speedrun_repeats: int = opt(1, "runs of each (alternating) in the speedrun comparison")
+
+    def __post_init__(self):
+        if self.preset not in ("auto", "none", *PRESETS):
+            raise ConfigError(f"bad value {self.preset!r} for 'preset': choose auto, none, {', '.join(PRESETS)}")
+        unknown = set(split(self.tables)) - {"train", "gate", "generate"}
+        if unknown:
+            raise ConfigError(f"unknown table(s) {', '.join(sorted(unknown))}: choose train, gate, generate")
+        for key in ("warmup", "repeats", "gen_repeats", "speedrun_repeats"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'{key}' must be at least 1")
+
+
+def split(text):
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def load_configs(argv):
+    """Model, training and bench settings: defaults < preset < --config files < --key=value."""
+    classes = [GPTConfig, train.TrainConfig, BenchConfig]
+    _, train_cfg, bench_cfg = parse_args(classes, argv, prog="bench.py", description=__doc__)
+    preset = bench_cfg.preset
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if preset == "auto" and any(arg.startswith("--config") for arg in argv):
+        preset = "none"  # the shape comes from the config file
+    if preset == "auto":
+        cuda = train_cfg.device.startswith("cuda") or (train_cfg.device == "auto" and torch.cuda.is_available())
+        preset = "gpt2" if cuda else "medium"
+    base = dict(PRESETS.get(preset, {}))
+    model_cfg, train_cfg, bench_cfg = parse_args(classes, argv, base=base)
+    return model_cfg, train_cfg, bench_cfg, preset
+
+
+# ---------------------------------------------------------------------------
+# Device facts
+# ---------------------------------------------------------------------------
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        return f"{name}, {torch.get_num_threads()} threads"
+    return device.type
+
+
+def device_peaks(device):
+    """Peak matmul FLOP/s per precision: train.peak_flops (a data sheet for GPUs; on a CPU a
+    measurement, taken again here and the best kept, since other work may have shared the CPU)."""
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16) + ((torch.float16,) if device.type == "cuda" else ()):
+        peak = train.peak_flops(device.type, dtype)
+        if device.type == "cpu":
+            peak = max(peak, train.measure_matmul_flops(dtype))
+        peaks[NAMES[str(dtype)[6:]]] = peak
+    return peaks
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class Memory:
+    """Peak memory of what runs between start() and stop(), in MiB: (peak, added over the start)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.kind = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                     "process peak RSS (VmHWM)" if Path("/proc/self/status").exists() else "ru_maxrss")
+
+    @staticmethod
+    def _status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def now(self):
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2 ** 20
+        if self.kind.startswith("process"):
+            return self._status("VmRSS")
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def start(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.kind.startswith("process"):
+            gc.collect()
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so RSS counts live memory
+            with contextlib.suppress(OSError):
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS (Linux 4.0+)
+        self.before = self.now()
+
+    def stop(self):
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        elif self.kind.startswith("process"):
+            peak = self._status("VmHWM")
+        else:
+            peak = self.now()
+        return peak, max(0.0, peak - self.before)
+
+
+# ---------------------------------------------------------------------------
+# Training variants
+# ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Variant:
+    """One model + optimizer + precision + compile setting, trained with train.train_step."""
+    name: str
+    gate: str
+    dtype: str  # as given: auto | float32 | bfloat16 | float16
+    compile: str  # as given: auto | true | false
+    times: list = dataclasses.field(default_factory=list)
+
+
+def build(variant, model_cfg, train_cfg, device, folder):
+    train_cfg = dataclasses.replace(train_cfg, dtype=variant.dtype, compile=variant.compile)
+    runtime = train.setup_runtime(str(device), variant.dtype)
+    variant.resolved_dtype = NAMES.get(str(runtime.dtype).replace("torch.", ""), str(runtime.dtype))
+    torch.manual_seed(train_cfg.seed)
+    raw = GPT(dataclasses.replace(model_cfg, gate=variant.gate)).to(device)
+    variant.compiled = train.should_compile(train_cfg, runtime, raw)
+    model = train.compile_model(raw, runtime) if variant.compiled else raw
+    optimizer = raw.configure_optimizer(train_cfg.weight_decay, train_cfg.learning_rate,
+                                        (train_cfg.beta1, train_cfg.beta2), device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.dtype == torch.float16)
+    batches = train.Batches(folder, model_cfg.block_size, train_cfg.batch_size, runtime, train_cfg.seed)
+    params = list(raw.parameters())
+    variant.raw, variant.runtime = raw, runtime
+    variant.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.grad_accum_steps
+
+    def step():
+        return train.train_step(model, optimizer, scaler, batches.train_step(train_cfg.grad_accum_steps),
+                                runtime, params, train_cfg.grad_clip)
+    variant.step = step
+    return variant
+
+
+def run_steps(variant, n):
+    start, loss = time.perf_counter(), None
+    for _ in range(n):
+        loss, _ = variant.step()
+    loss = loss.item() if loss is not None else None  # waits for the device
+    sync(variant.runtime.device)
+    return time.perf_counter() - start, loss
+
+
+def measure_training(variants, model_cfg, train_cfg, bench_cfg, device, folder, memory, log):
+    for v in variants:
+        memory.start()
+        build(v, model_cfg, train_cfg, device, folder)
+        start = time.perf_counter()
+        run_steps(v, 1)
+        v.first_step_s = time.perf_counter() - start  # compilation, if any, happens here
+        run_steps(v, max(0, bench_cfg.warmup - 1))
+        _, v.peak_mib = memory.stop()  # this variant's own peak: weights, optimizer, activations
+        memory.start()
+        elapsed, v.loss = run_steps(v, 1)
+        _, v.step_mib = memory.stop()
+        v.steps = bench_cfg.steps or max(2, min(50, round(2.0 / max(elapsed, 1e-4))))
+        log(f"  built {v.name}: {v.resolved_dtype}, {'compiled' if v.compiled else 'eager'}, "
+            f"first step {v.first_step_s:.1f} s, {elapsed * 1000:.0f} ms/step, {v.steps} steps per repeat")
+    for r in range(bench_cfg.repeats):  # round-robin: one repeat of each variant in turn
+        for v in variants:
+            elapsed, v.loss = run_steps(v, v.steps)
+            v.times.append(elapsed / v.steps)
+        log(f"  repeat {r + 1}/{bench_cfg.repeats} done")
+    for v in variants:
+        v.ms = statistics.median(v.times) * 1000
+        v.tokens_per_s = v.tokens_per_step / (v.ms / 1000)
+        v.spread = (max(v.times) - min(v.times)) / statistics.median(v.times)
+
+
+# ---------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------
+
+
+def measure_generation(variant, counts, repeats, log):
+    """Tokens/s of GPT.stream with and without the KV cache, one sequence, from a one-token prompt."""
+    model, runtime = variant.raw.eval(), variant.runtime
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=runtime.device)
+    results = {(n, cached): [] for n in counts for cached in (True, False)}
+
+    def run(n, cached):
+        generator = torch.Generator(device=runtime.device).manual_seed(0)
+        start = time.perf_counter()
+        with runtime.autocast():
+            for token in model.stream(prompt, n, generator=generator, use_cache=cached):
+                pass
+        token.item()
+        sync(runtime.device)
+        return n / (time.perf_counter() - start)
+
+    run(8, True), run(8, False)  # warm-up
+    for r in range(repeats):
+        for n in counts:
+            for cached in (True, False):
+                results[(n, cached)].append(run(n, cached))
+        log(f"  generation repeat {r + 1}/{repeats} done")
+    model.train()
+    return {key: statistics.median(values) for key, values in results.items()}
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+def dataset_folder(train_cfg, scratch):
+    """The prepared dataset train.py would use, or a synthetic one when it is missing."""
+    folder = prepare_data.dataset_dir(train_cfg.data_dir, train_cfg.dataset)
+    if prepare_data.is_prepared(folder):
+        return folder, f"{train_cfg.dataset} ({folder})"
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,;:!?'\n-"))
+    source = Path(scratch) / "synthetic.txt"
+    source.write_text("".join(alphabet[rng.integers(0, len(alphabet), 300_000)]))
+    with contextlib.redirect_stdout(None):
+        folder = prepare_data.prepare(prepare_data.DataConfig(dataset="synthetic", source=str(source),
+                                                              data_dir=str(scratch)))
+    return folder, "synthetic characters (no prepared dataset found)"
+
+
+# ---------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------
+
+
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def paired_ratio(variant, reference):
+    """tokens/s of variant over reference: the median over rounds of the ratio within each round,
+    so that a slow spell of the machine, which hits both in the same round, cancels."""
+    return statistics.median((variant.tokens_per_step / t) / (reference.tokens_per_step / r)
+                             for t, r in zip(variant.times, reference.times))
+
+
+def training_table(title, variants, reference):
+    lines = [title,
+             f"  {'variant':<24} {'gate':<12} {'ms/step':>9} {'tokens/s':>10} {'ratio':>7} {'MFU':>6} {'peak MiB':>9} "
+             f"{'+step MiB':>9} {'1st step s':>10} {'spread':>7}"]
+    rows = []
+    for v in variants:
+        ratio = paired_ratio(v, reference)
+        rows.append(dict(name=v.name, gate=v.gate, dtype=v.resolved_dtype, compiled=v.compiled, ms_per_step=v.ms,
+                         tokens_per_s=v.tokens_per_s, ratio=ratio, mfu=v.mfu, peak_mib=v.peak_mib,
+                         step_mib=v.step_mib, first_step_s=v.first_step_s, spread=v.spread, loss=v.loss))
+        mfu = f"{100 * v.mfu:.1f}%" if v.mfu is not None else "-"
+        lines.append(f"  {v.name:<24} {v.gate:<12} {v.ms:>9.1f} {v.tokens_per_s:>10,.0f} {ratio:>6.2f}x {mfu:>6} "
+                     f"{v.peak_mib:>9,.0f} {v.step_mib:>9,.0f} {v.first_step_s:>10.1f} {100 * v.spread:>6.0f}%")
+    return lines, rows
+
+
+def gate_table(variants, reference):
+    lines, rows = training_table(f"Gate cost per training step (default path; ratio: tokens/s over gate="
+                                 f"{reference.gate}'s; cost: extra time per step)", variants, reference)
+    lines[1] += f" {'cost':>7} {'+FLOPs':>7}"
+    for i, v in enumerate(variants):
+        # cost: extra time per step; +FLOPs: the gate's extra training FLOPs, from the model's own count.
+        cost = 1 / rows[i]["ratio"] - 1
+        extra = v.raw.flops_per_token() / reference.raw.flops_per_token() - 1
+        rows[i].update(cost=cost, extra_flops=extra)
+        lines[2 + i] += f" {100 * cost:>6.1f}% {100 * extra:>6.1f}%"
+    return lines, rows
+
+
+def generation_table(results, counts, block_size, variant):
+    lines = [f"Generation, one sequence, {variant.resolved_dtype}, block_size {block_size} "
+             "(past it the window jumps by block_size/4 and the cache is re-filled)",
+             f"  {'new tokens':>10} {'cached tok/s':>13} {'uncached tok/s':>15} {'ratio':>7}"]
+    rows = []
+    for n in counts:
+        cached, uncached = results[(n, True)], results[(n, False)]
+        rows.append(dict(new_tokens=n, cached_tokens_per_s=cached, uncached_tokens_per_s=uncached,
+                         ratio=cached / uncached))
+        lines.append(f"  {n:>10} {cached:>13,.1f} {uncached:>15,.1f} {cached / uncached:>6.2f}x")
+    return lines, rows
+
+
+# ---------------------------------------------------------------------------
+# The speedrun: wall time of whole training runs
+# ---------------------------------------------------------------------------
+
+
+def val_loss_of(out_dir):
+    records = [json.loads(line) for line in open(Path(out_dir) / "metrics.jsonl")]
+    evals = [r for r in records if "val_loss" in r]
+    return (evals[-1]["val_loss"], evals[-1]["step"]) if evals else (None, None)
+
+
+@torch.no_grad()
+def full_val_loss(out_dir, data_dir):
+    """Loss of a run's final model over the whole val split in non-overlapping windows (fp32, not timed)."""
+    ckpt = train.load_checkpoint(Path(out_dir) / "ckpt.pt")
+    model = train.model_from_checkpoint(ckpt)
+    folder = prepare_data.dataset_dir(data_dir, ckpt["config"]["dataset"])
+    meta = prepare_data.load_meta(folder)
+    data = np.fromfile(Path(folder) / "val.bin", dtype=meta["dtype"]).astype(np.int64)
+    T = model.config.block_size
+    n = (len(data) - 1) // T
+    x = torch.from_numpy(data[:n * T].reshape(n, T))
+    y = torch.from_numpy(data[1:n * T + 1].reshape(n, T))
+    total = 0.0
+    for i in range(0, n, 64):
+        _, loss = model(x[i:i + 64], y[i:i + 64])
+        total += loss.item() * len(x[i:i + 64])
+    return total / n
+
+
+def find(path):
+    """A path as given, else relative to this repository (so bench.py runs from any folder)."""
+    path = Path(path)
+    if not path.exists() and (ROOT / path).exists():
+        return ROOT / path
+    if not path.exists():
+        raise ConfigError(f"config file '{path}' not found")
+    return path.resolve()
+
+
+def speedrun(train_cfg, bench_cfg, log):
+    runs = {"fp32 eager recipe": [f"--config={find(bench_cfg.baseline_config)}", "--gate=none",
+                                  "--dtype=float32", "--compile=false"],
+            "speedrun": [f"--config={find(bench_cfg.speedrun_config)}"]}
+    data_dir = Path(train_cfg.data_dir).resolve()
+    common = ["--progress=false", f"--data_dir={data_dir}"]
+    results = {name: [] for name in runs}
+    with tempfile.TemporaryDirectory() as scratch:
+        for r in range(bench_cfg.speedrun_repeats):
+            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+            for name in order:
+                out_dir = Path(scratch) / f"{name.split()[0]}-{r}"
+                command = [sys.executable, str(ROOT / "train.py"), *runs[name], *common, f"--out_dir={out_dir}"]
+                log(f"  running {name}: {' '.join(command[1:])}")
+                start = time.perf_counter()
+                done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+                wall = time.perf_counter() - start
+                if done.returncode != 0:
+                    raise SystemExit(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+                val, step = val_loss_of(out_dir)
+                results[name].append(dict(wall_s=wall, val_loss=val, steps=step,
+                                          full_val_loss=full_val_loss(out_dir, data_dir)))
+                log(f"    {wall:.1f} s, val loss {val:.4f} after {step} steps")
+    lines = ["Speedrun on tinyshakespeare: wall time of the whole run (start-up, compile and evaluation included)",
+             f"  {'run':<20} {'wall s':>8} {'steps':>6} {'val loss':>9} {'full val':>9} {'time ratio':>11}"]
+    rows = []
+    base = statistics.median(r["wall_s"] for r in results["fp32 eager recipe"])
+    for name, runs_ in results.items():
+        wall = statistics.median(r["wall_s"] for r in runs_)
+        val = statistics.median(r["val_loss"] for r in runs_)
+        full = statistics.median(r["full_val_loss"] for r in runs_)
+        rows.append(dict(run=name, wall_s=wall, walls=[r["wall_s"] for r in runs_], steps=runs_[0]["steps"],
+                         val_loss=val, full_val_loss=full, time_ratio=wall / base))
+        lines.append(f"  {name:<20} {wall:>8.1f} {runs_[0]['steps']:>6} {val:>9.4f} {full:>9.4f} "
+                     f"{wall / base:>10.2f}x")
+    lines.append("  val loss: the run's own last evaluation; full val: its final model over the whole val "
+                 "split (fp32, not timed). nanoGPT's recipe reaches 1.886.")
+    fast = rows[-1]
+    met = fast["val_loss"] <= 1.886 and fast["time_ratio"] <= 0.5
+    lines.append(f"  target (val loss <= 1.886 in at most half the recipe's wall time): {'met' if met else 'not met'}")
+    return lines, rows
+
+
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None):
+    """Run the benchmark; returns every figure as a dict (also printed as tables)."""
+    model_cfg, train_cfg, bench_cfg, preset = load_configs(argv)
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    if bench_cfg.speedrun:
+        lines, rows = speedrun(train_cfg, bench_cfg, log)
+        print("\n".join(lines))
+        report = {"speedrun": rows}
+        if bench_cfg.json:
+            Path(bench_cfg.json).write_text(json.dumps(report, indent=2))
+        return report
+
+    torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)  # one graph per variant
+    default_runtime = train.setup_runtime(train_cfg.device, train_cfg.dtype)
+    device = default_runtime.device
+    tables = split(bench_cfg.tables)
+    report = {"preset": preset, "device": device_name(device), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder, data_note = dataset_folder(train_cfg, scratch)
+        if model_cfg.vocab_size == 0:
+            model_cfg.vocab_size = prepare_data.load_meta(folder)["vocab_size"]
+        variants, train_rows, gate_rows = {}, [], []
+
+        def variant(gate, path):
+            """The variant for a gate and a 'dtype/compile' path ('default': train.py's choice), shared
+            between tables when two of them ask for the same thing."""
+            dtype, compile_ = ((train_cfg.dtype, train_cfg.compile) if path == "default" else
+                               tuple((path.split("/") + ["auto"])[:2]))
+            runtime = train.setup_runtime(str(device), dtype)
+            with torch.device("meta"):  # the model's FLOPs, without its memory
+                shape = GPT(dataclasses.replace(model_cfg, gate=gate))
+            compiled = train.should_compile(dataclasses.replace(train_cfg, compile=compile_), runtime, shape)
+            key = (gate, runtime.dtype, compiled)
+            if key not in variants:
+                name = f"{NAMES.get(str(runtime.dtype)[6:], runtime.dtype)} {'compiled' if compiled else 'eager'}"
+                variants[key] = Variant(name=name, gate=gate, dtype=dtype, compile=compile_)
+            if path == "default" and not variants[key].name.endswith("(default)"):
+                variants[key].name += " (default)"
+            return variants[key]
+
+        gen_variant = variant(model_cfg.gate, "default") if "generate" in tables else None
+        if "gate" in tables:
+            gate_rows = [variant(g, "default") for g in split(bench_cfg.variants)]
+        if "train" in tables:
+            train_rows = list(dict.fromkeys(variant(model_cfg.gate, p) for p in split(bench_cfg.paths)))
+        header = [f"bench: preset {preset}: {model_cfg.n_layer} layers, {model_cfg.n_head} heads, "
+                  f"{model_cfg.n_embd} dim, context {model_cfg.block_size}, batch {train_cfg.batch_size}"
+                  f"{' x ' + str(train_cfg.grad_accum_steps) if train_cfg.grad_accum_steps > 1 else ''}, "
+                  f"vocab {model_cfg.vocab_size}",
+                  f"device: {report['device']}; torch {torch.__version__}; data: {data_note}"]
+        print("\n".join(header), flush=True)
+        memory = Memory(device)
+        all_variants = list(variants.values())
+        if all_variants and ("train" in tables or "gate" in tables):
+            log(f"training: {len(all_variants)} variants, {bench_cfg.repeats} repeats, round-robin")
+            measure_training(all_variants, model_cfg, train_cfg, bench_cfg, device, folder, memory, log)
+        peaks = device_peaks(device)
+        for v in all_variants:
+            peak = peaks.get(NAMES[str(v.runtime.dtype)[6:]]) if hasattr(v, "ms") else None
+            v.mfu = v.raw.estimate_mfu(v.tokens_per_s, peak) if peak else None
+        out = ["peak matmul FLOP/s (" + ("data sheet" if device.type == "cuda" else "measured, best of two "
+               "measurements") + "): " + ", ".join(f"{k} {v / 1e12:.3g} T" if v else f"{k} unknown"
+                                                    for k, v in peaks.items()), ""]
+        report.update(peak_flops=peaks, data=data_note)
+        if "train" in tables:
+            lines, rows = training_table("Training: default path against fp32 eager (ratio: tokens/s over the "
+                                         "first row's, median of the rounds)", train_rows, train_rows[0])
+            out += lines + [""]
+            report["train"] = rows
+        if "gate" in tables:
+            lines, rows = gate_table(gate_rows, gate_rows[0])
+            out += lines + [""]
+            report["gate"] = rows
+        if all_variants and ("train" in tables or "gate" in tables):
+            out.append(f"  peak MiB: the variant's own peak (weights, optimizer state, activations, compile "
+                       f"workspace), from {memory.kind}; +step MiB: what one training step adds on top of "
+                       "what is resident. spread: (max - min) / median of ms/step over the rounds.")
+            out.append("")
+        if gen_variant is not None:
+            if not hasattr(gen_variant, "raw"):
+                build(gen_variant, model_cfg, train_cfg, device, folder)
+            counts = [int(n) for n in split(bench_cfg.gen_tokens)]
+            log(f"generation: {counts} new tokens, cached and uncached, {bench_cfg.gen_repeats} repeats")
+            results = measure_generation(gen_variant, counts, bench_cfg.gen_repeats, log)
+            lines, rows = generation_table(results, counts, model_cfg.block_size, gen_variant)
+            out += lines + [""]
+            report["generate"] = rows
+        print("\n".join(out).rstrip())
+    if bench_cfg.json:
+        Path(bench_cfg.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,115 @@
+"""bench.py runs end to end on a tiny model and prints its tables. No timing assertions: speed is
+measured by bench.py itself, never by tests."""
+
+import json
+import math
+
+import pytest
+
+import bench
+import prepare_data
+from configurable import ConfigError
+
+# Importing torch.compile's machinery warns about torch.jit internals; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+TINY = ["--preset=tiny", "--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16",
+        "--batch_size=4", "--warmup=1", "--steps=2", "--repeats=2", "--gen_tokens=10,40", "--gen_repeats=1",
+        "--compile=false"]
+
+
+def positive(x):
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_bench_prints_every_table(tmp_path, capsys):
+    report = bench.main([*TINY, f"--data_dir={tmp_path}", "--dataset=missing", "--dtype=bfloat16",
+                         "--paths=float32/false,default", "--variants=none,headwise,elementwise",
+                         f"--json={tmp_path / 'bench.json'}"])
+    out = capsys.readouterr().out
+    for title in ("Training: default path against fp32 eager", "Gate cost per training step", "Generation"):
+        assert title in out
+    assert "synthetic" in report["data"]  # no prepared dataset: a synthetic one stands in
+    assert [r["name"] for r in report["train"]] == ["fp32 eager", "bf16 eager (default)"]
+    assert [r["gate"] for r in report["gate"]] == ["none", "headwise", "elementwise"]
+    assert report["gate"][2]["ms_per_step"] == report["train"][1]["ms_per_step"]  # one variant, measured once
+    for row in report["train"] + report["gate"]:
+        assert all(positive(row[k]) for k in ("ms_per_step", "tokens_per_s", "ratio", "mfu", "peak_mib"))
+        assert math.isfinite(row["loss"]) and not row["compiled"]
+    assert report["train"][0]["ratio"] == 1.0 and report["gate"][0]["cost"] == 0.0
+    assert report["gate"][1]["extra_flops"] < report["gate"][2]["extra_flops"]  # headwise adds fewer FLOPs
+    assert [r["new_tokens"] for r in report["generate"]] == [10, 40]  # 40 > block_size: past the window
+    assert all(positive(r[k]) for r in report["generate"]
+               for k in ("cached_tokens_per_s", "uncached_tokens_per_s", "ratio"))
+    assert json.loads((tmp_path / "bench.json").read_text())["gate"][2]["gate"] == "elementwise"
+
+
+def test_bench_single_table_and_presets(tmp_path, capsys):
+    report = bench.main([*TINY, f"--data_dir={tmp_path}", "--tables=gate", "--variants=none,elementwise"])
+    out = capsys.readouterr().out
+    assert "Gate cost" in out and "Training:" not in out and "Generation" not in out
+    assert set(report) >= {"gate", "peak_flops", "device"} and "train" not in report
+    assert bench.PRESETS["tiny"] == dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12)
+    model_cfg, train_cfg, _, preset = bench.load_configs(["--preset=gpt2", "--n_layer=2"])
+    assert preset == "gpt2" and model_cfg.n_layer == 2 and model_cfg.block_size == 1024
+    with pytest.raises(ConfigError, match="preset"):
+        bench.load_configs(["--preset=huge"])
+    with pytest.raises(ConfigError, match="unknown table"):
+        bench.load_configs(["--tables=train,speed"])
+
+
+def test_speedrun_times_two_training_runs(tmp_path, capsys):
+    source = tmp_path / "text.txt"
+    source.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 200)
+    prepare_data.prepare(prepare_data.DataConfig(dataset="tiny", source=str(source), data_dir=str(tmp_path)))
+    shape = ('dataset = "tiny"\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 16\nbatch_size = 4\n'
+             'eval_iters = 2\neval_interval = 5\ndevice = "cpu"\n')
+    (tmp_path / "base.toml").write_text(shape + "max_iters = 5\n")
+    (tmp_path / "fast.toml").write_text(shape + "max_iters = 3\nlearning_rate = 3e-3\n")
+    report = bench.main(["--speedrun", f"--data_dir={tmp_path}", f"--baseline_config={tmp_path / 'base.toml'}",
+                         f"--speedrun_config={tmp_path / 'fast.toml'}"])
+    out = capsys.readouterr().out
+    assert "Speedrun" in out and "fp32 eager recipe" in out
+    base, fast = report["speedrun"]
+    assert (base["steps"], fast["steps"]) == (5, 3)
+    assert all(positive(r[k]) for r in (base, fast) for k in ("wall_s", "val_loss", "full_val_loss", "time_ratio"))
+
+
+def test_cpu_defaults_pick_bf16_and_compile_only_long_runs(monkeypatch):
+    import torch
+
+    import train
+    from model import GPT, GPTConfig
+    runtime = train.setup_runtime("cpu", "auto")
+    assert runtime.dtype == (torch.bfloat16 if train.cpu_has_native_bf16() else torch.float32)
+    assert train.setup_runtime("cpu", "float32").dtype == torch.float32
+    with torch.device("meta"):
+        tiny = GPT(GPTConfig(vocab_size=65))  # nanoGPT's CPU recipe shape
+        medium = GPT(GPTConfig(vocab_size=65, n_layer=6, n_head=6, n_embd=384, block_size=256))
+    recipe = train.TrainConfig(max_iters=2000, batch_size=12)
+    long_run = train.TrainConfig(max_iters=5000, batch_size=64)
+    monkeypatch.setattr(train, "has_cpp_compiler", lambda: True)
+    assert not train.should_compile(recipe, runtime, tiny)  # about a minute: compiling would not pay
+    assert train.should_compile(long_run, runtime, medium)
+    assert not train.should_compile(train.TrainConfig(max_iters=5000, compile="false"), runtime, medium)
+    assert train.should_compile(train.TrainConfig(max_iters=1, compile="true"), runtime, tiny)
+    # Without a C++ compiler torch.compile cannot work on a CPU: auto stays eager, true says why.
+    monkeypatch.setattr(train, "has_cpp_compiler", lambda: False)
+    assert not train.should_compile(long_run, runtime, medium)
+    with pytest.raises(ConfigError, match="needs a C.. compiler.*--compile=false"):
+        train.should_compile(train.TrainConfig(max_iters=1, compile="true"), runtime, tiny)
+
+
+def test_cpu_compile_keeps_names_and_leaves_evaluation_eager():
+    import torch
+
+    import train
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=16, block_size=8)).eval()
+    idx = torch.randint(0, 11, (2, 8))
+    before, keys = model(idx)[0], list(model.state_dict())
+    compiled = train.compile_model(model, train.setup_runtime("cpu", "float32"))
+    assert compiled is model and list(model.state_dict()) == keys  # checkpoints load as before
+    assert torch.equal(model(idx)[0], before)  # eval mode: the eager forward, nothing compiled
+    assert model.generate(idx[:, :1], 12, temperature=0).shape == (2, 13)  # KV cache: eager too
