@@ -195,7 +195,7 @@ def training_stats(metrics, spike_window):
         "best_val_loss": min((r["val_loss"] for r in evals), default=None),
         "steps": len(steps),
         "diverged_at": metrics["diverged"]["step"] if metrics["diverged"] else None,
-        # OLMo 2's spike scores (REFERENCE.md section 2), with the window the run used.
+        # OLMo 2's spike scores, with the window the run used.
         "loss_spike_score": analyze.spike_score(losses, spike_window),
         "grad_spike_score": analyze.spike_score(norms, spike_window),
         "max_grad_norm": max(norms, default=None),
@@ -208,7 +208,7 @@ def run_results(run_dir, settings):
     """Training stats plus analyze.py's sink, activation and gate statistics of the final checkpoint.
 
     Sinks are measured on sequences of Gu et al.'s T = 64 tokens (fewer if the
-    context is shorter), since Sink_1 falls as T grows (REFERENCE.md section 2).
+    context is shorter), since Sink_1 falls as T grows (Gu et al. 2024).
     """
     stats = analyze.analyze_checkpoint(Path(run_dir) / "ckpt.pt", "val", ANALYSIS_SEQUENCES,
                                        min(64, settings["block_size"]), device=settings["device"])
