@@ -4,7 +4,7 @@
     python analyze.py --checkpoints=out-gated,out-none --layer=2 --fig_dir=figures --report=analysis.json
 
 Prints one column per checkpoint, writes a JSON report and (with matplotlib)
-figures. The metrics follow REFERENCE.md sections 1-2:
+figures. The metrics (sources in README, "See it yourself"):
 
 - F-Attn (Qiu et al. 2025): attention probability on token 0, averaged over
   queries, then heads, then layers.

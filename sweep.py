@@ -142,8 +142,9 @@ def check_sweep_settings(path, settings):
 
 
 def lr_sensitivity(final_losses, init_loss):
-    """Wortsman et al. 2023 (REFERENCE.md section 2): mean over the grid of
-    min(final loss, loss at init) - best, where best is the lowest of those values.
+    """Wortsman et al. 2023 ("Small-scale proxies for large-scale Transformer training
+    instabilities"): mean over the grid of min(final loss, loss at init) - best, where best
+    is the lowest of those values.
 
     `final_losses` has one entry per learning rate, None for a diverged run,
     which counts at the loss at initialisation, as does any run that ended above it.
