@@ -372,14 +372,30 @@ def write_report(path, settings, results):
     path.write_text(json.dumps({"settings": settings, "models": models}, indent=1))
 
 
-def plot_figures(results, fig_dir, layer):
-    """Heatmaps of first-token attention, M-Act per layer, gate histograms and the
-    attention map of `layer`; returns the files written (none without matplotlib)."""
+def new_figure(width, height):
+    """A matplotlib Figure drawn off-screen (no pyplot state), or None without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
+        return None
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def has_matplotlib():
+    """Whether figures can be drawn; if not, says how to get them."""
+    if new_figure(1, 1) is None:
         print("figures skipped: pip install matplotlib")
+        return False
+    return True
+
+
+def plot_figures(results, fig_dir, layer):
+    """Heatmaps of first-token attention, M-Act per layer, gate histograms and the
+    attention map of `layer`; returns the files written (none without matplotlib)."""
+    if not has_matplotlib():
         return []
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -388,8 +404,7 @@ def plot_figures(results, fig_dir, layer):
                "gate_scores.png": _plot_gates, f"attention_map_layer{layer}.png": _plot_maps}
     written = []
     for filename, draw in figures.items():
-        fig = Figure(figsize=(4 + 3 * len(names), 4), layout="constrained")
-        FigureCanvasAgg(fig)  # Agg draws off-screen, without touching pyplot's global state
+        fig = new_figure(4 + 3 * len(names), 4)
         if draw(fig, names, results):
             fig.savefig(fig_dir / filename, dpi=120)
             written.append(fig_dir / filename)

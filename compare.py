@@ -286,25 +286,6 @@ def analysis_note(settings):
             f"{min(64, settings['block_size'])} tokens")
 
 
-def new_figure(width, height):
-    """A matplotlib Figure drawn off-screen (no pyplot state), or None without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def has_matplotlib():
-    if new_figure(1, 1) is None:
-        print("figures skipped: pip install matplotlib")
-        return False
-    return True
-
-
 def smooth(values, window):
     """Trailing mean over `window` points (shorter at the start), so curves keep their length."""
     x = np.asarray(values, dtype=float)
@@ -329,7 +310,7 @@ def plot_training(ax_loss, ax_norm, name, metrics):
 
 def plot_losses(path, metrics_by_name, title):
     """Loss and gradient-norm curves of every variant, overlaid."""
-    fig = new_figure(11, 4)
+    fig = analyze.new_figure(11, 4)
     ax_loss, ax_norm = fig.subplots(1, 2)
     for name, metrics in metrics_by_name.items():
         plot_training(ax_loss, ax_norm, name, metrics)
@@ -352,7 +333,7 @@ def uniform_first_token_attention(seq_len):
 
 def plot_layers(path, results, seq_len, title):
     """Per layer: first-token attention (mean over heads), M-Act and mean gate, one line per variant."""
-    fig = new_figure(13, 3.8)
+    fig = analyze.new_figure(13, 3.8)
     axes = fig.subplots(1, 3)
     for name, r in results.items():
         per_layer = r["per_layer"]
@@ -412,7 +393,7 @@ def main(argv=None):
     title = describe_settings(shared)
     table = write_outputs(out_dir, shared, results, title)
     print(f"\n{table}\ntable: {out_dir / 'compare.md'}, {out_dir / 'compare.json'}")
-    if has_matplotlib():
+    if analyze.has_matplotlib():
         metrics = {name: read_metrics(out_dir / name) for name in runs}
         print(f"figures: {plot_losses(out_dir / 'loss.png', metrics, title)}, "
               f"{plot_layers(out_dir / 'layers.png', results, min(64, shared['block_size']), title)}")

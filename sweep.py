@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+import analyze
 import compare
 from configurable import ConfigError, opt, parse_args, run_main
 from model import GPTConfig
@@ -206,7 +207,7 @@ def format_summary(summaries):
 
 def plot_loss_vs_lr(path, records_by_variant, summaries, title):
     """Final val loss against the learning rate, one line per variant; diverged runs as x at the init loss."""
-    fig = compare.new_figure(7, 4.5)
+    fig = analyze.new_figure(7, 4.5)
     ax = fig.subplots()
     for name, records in records_by_variant.items():
         runs = sorted((r for r in records if r["status"] != "crashed"), key=lambda r: r["lr"])
@@ -231,7 +232,7 @@ def plot_loss_vs_lr(path, records_by_variant, summaries, title):
 
 def plot_highest_lr(path, run_dirs, lr, title):
     """Loss, gradient norm and max attention logit over training at the highest LR, one line per variant."""
-    fig = compare.new_figure(14, 4)
+    fig = analyze.new_figure(14, 4)
     ax_loss, ax_norm, ax_logit = fig.subplots(1, 3)
     for name, run_dir in run_dirs.items():
         metrics = compare.read_metrics(run_dir)
@@ -294,7 +295,7 @@ def main(argv=None):
     (out_dir / "summary.json").write_text(json.dumps({"settings": shared, "lrs": lrs, "variants": summaries},
                                                      indent=1) + "\n")
     print(f"\n{table}\nresults: {results_path}, {out_dir / 'summary.md'}, {out_dir / 'summary.json'}")
-    if compare.has_matplotlib():
+    if analyze.has_matplotlib():
         top = {name: out_dir / name / f"lr_{lrs[-1]:g}" for name in names}
         print(f"figures: {plot_loss_vs_lr(out_dir / 'loss_vs_lr.png', by_variant, summaries, title)}, "
               f"{plot_highest_lr(out_dir / 'highest_lr.png', top, lrs[-1], title)}")
