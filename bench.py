@@ -223,14 +223,10 @@ def build(variant, model_cfg, train_cfg, device, folder):
     train_cfg = dataclasses.replace(train_cfg, dtype=variant.dtype, compile=variant.compile)
     runtime = train.setup_runtime(str(device), variant.dtype)
     variant.resolved_dtype = NAMES.get(str(runtime.dtype).replace("torch.", ""), str(runtime.dtype))
-    torch.manual_seed(train_cfg.seed)
-    raw = GPT(dataclasses.replace(model_cfg, gate=variant.gate)).to(device)
+    raw, optimizer, scaler, batches = train.build_training(dataclasses.replace(model_cfg, gate=variant.gate),
+                                                           train_cfg, runtime, folder)
     variant.compiled = train.should_compile(train_cfg, runtime, raw)
     model = train.compile_model(raw, runtime) if variant.compiled else raw
-    optimizer = raw.configure_optimizer(train_cfg.weight_decay, train_cfg.learning_rate,
-                                        (train_cfg.beta1, train_cfg.beta2), device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=runtime.dtype == torch.float16)
-    batches = train.Batches(folder, model_cfg.block_size, train_cfg.batch_size, runtime, train_cfg.seed)
     params = list(raw.parameters())
     variant.raw, variant.runtime = raw, runtime
     variant.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.grad_accum_steps

@@ -398,6 +398,18 @@ def compile_model(model, runtime):
     return model
 
 
+def build_training(model_cfg, cfg, runtime, folder):
+    """A freshly initialised model (seeded per process), its AdamW, the gradient scaler
+    (active for fp16 only) and the batches; bench.py times exactly these."""
+    torch.manual_seed(cfg.seed + runtime.rank)
+    model = GPT(model_cfg).to(runtime.device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                          runtime.device_type)
+    scaler = torch.amp.GradScaler(runtime.device_type, enabled=runtime.dtype == torch.float16)
+    batches = Batches(folder, model_cfg.block_size, cfg.batch_size, runtime, cfg.seed)
+    return model, optimizer, scaler, batches
+
+
 def train_step(model, optimizer, scaler, micro_batches, runtime, params, grad_clip):
     """One optimizer step over this process's micro-batches (the learning rate is set by the caller).
 
@@ -444,12 +456,7 @@ def main(argv=None):
     elif model_cfg.vocab_size < meta["vocab_size"]:
         raise ConfigError(f"vocab_size={model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}")
 
-    torch.manual_seed(cfg.seed + runtime.rank)
-    model = GPT(model_cfg).to(runtime.device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                          runtime.device_type)
-    scaler = torch.amp.GradScaler(runtime.device_type, enabled=runtime.dtype == torch.float16)
-    batches = Batches(folder, model_cfg.block_size, cfg.batch_size, runtime, cfg.seed)
+    model, optimizer, scaler, batches = build_training(model_cfg, cfg, runtime, folder)
     step, best_val = 0, float("inf")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
