@@ -132,22 +132,12 @@ def test_compare_end_to_end(data_dir, tmp_path, monkeypatch, capsys):
     assert len(calls) == 3 and train.load_checkpoint(out / "none" / "ckpt.pt")["step"] == 12
 
 
-def test_an_interrupted_run_is_resumed_then_reused(data_dir, tmp_path, monkeypatch):
+def test_an_interrupted_run_is_resumed_then_reused(data_dir, tmp_path, interrupted_after):
     model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], tiny(data_dir, "unused"))
     settings = compare.run_settings(compare.shared_settings(model_cfg, train_cfg), "none")
     run_dir = tmp_path / "none"
-    original, calls = train.Batches.train_step, {"n": 0}
-
-    def interrupted_at_step_7(self, micro_steps):
-        calls["n"] += 1
-        if calls["n"] > 7:
-            raise KeyboardInterrupt
-        return original(self, micro_steps)
-
-    monkeypatch.setattr(train.Batches, "train_step", interrupted_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after(7):
         compare.run_variant(settings, run_dir)
-    monkeypatch.setattr(train.Batches, "train_step", original)
     assert train.load_checkpoint(run_dir / "ckpt.pt")["step"] == 5
     assert compare.run_variant(settings, run_dir) == "resumed"
     assert train.load_checkpoint(run_dir / "ckpt.pt")["step"] == 10

@@ -41,23 +41,12 @@ def test_tiny_run_lowers_the_loss_and_writes_everything(data_dir, tmp_path):
     assert json.loads(json.dumps(ckpt["config"])) == ckpt["config"]  # plain data
 
 
-def test_resumed_run_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+def test_resumed_run_equals_uninterrupted(data_dir, tmp_path, interrupted_after):
     common = ("--max_iters=20", "--eval_interval=5", "--dropout=0.1", "--grad_accum_steps=2")
     train.main(args(data_dir, tmp_path / "straight", *common))
 
-    calls = {"n": 0}
-    original = train.Batches.train_step
-
-    def crash_at_step_13(self, micro_steps):
-        calls["n"] += 1
-        if calls["n"] > 13:
-            raise KeyboardInterrupt
-        return original(self, micro_steps)
-
-    monkeypatch.setattr(train.Batches, "train_step", crash_at_step_13)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after(13):
         train.main(args(data_dir, tmp_path / "resumed", *common))
-    monkeypatch.setattr(train.Batches, "train_step", original)
     assert train.load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["step"] == 10
     train.main([f"--out_dir={tmp_path / 'resumed'}", "--resume"])
 
