@@ -181,13 +181,15 @@ class CausalSelfAttention(nn.Module):
             self.q_norm = LayerNorm(config.head_size, config.bias)
             self.k_norm = LayerNorm(config.head_size, config.bias)
 
-    def gate_scores(self, x_proj):
-        """The gate's scores for each token, shaped to broadcast over (B, T, H, D) or (B, T, C)."""
-        B, T, _ = x_proj.shape
-        if self.config.gate_input == "dependent":
-            logits = x_proj[..., 3 * self.n_embd:]
-        else:
-            logits = self.gate_logits.to(x_proj.dtype).expand(B, T, -1)
+    def gate_scores(self, logits):
+        """The gate's scores for each token, shaped to broadcast over (B, T, H, D) or (B, T, C).
+
+        `logits` are the gate's columns of the fused projection, (B, T, gate width); with an
+        input-independent gate they are empty and the learned logits are used instead.
+        """
+        B, T, _ = logits.shape
+        if self.config.gate_input == "independent":
+            logits = self.gate_logits.to(logits.dtype).expand(B, T, -1)
         return gate_activation(logits, self.config.gate_activation).view(B, T, *self.config.gate_shape)
 
     def apply_gate(self, x, scores):
@@ -198,9 +200,11 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, rope=None, cache=None, observe=None):
         B, T, C = x.shape
         cfg = self.config
-        proj = self.c_attn(x)
-        q, k, v = (proj[..., i * C:(i + 1) * C].view(B, T, self.n_head, self.head_size) for i in range(3))
-        scores = self.gate_scores(proj) if cfg.gate != "none" else None
+        # One split rather than four slices: its backward is a single concatenation, where
+        # each slice's backward would fill a zero gradient the width of the whole projection.
+        q, k, v, gate_logits = self.c_attn(x).split([C, C, C, self.c_attn.out_features - 3 * C], dim=-1)
+        q, k, v = (t.view(B, T, self.n_head, self.head_size) for t in (q, k, v))
+        scores = self.gate_scores(gate_logits) if cfg.gate != "none" else None
         if observe is not None and scores is not None:
             observe(self.layer_index, "gate", scores)
         # G2-G4 gate a projection before attention mixes tokens.
