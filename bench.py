@@ -57,7 +57,7 @@ import torch
 import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, run_main
-from model import GPT, GPTConfig
+from model import GPTConfig
 
 ROOT = Path(__file__).resolve().parent
 
@@ -225,7 +225,7 @@ def build(variant, model_cfg, train_cfg, device, folder):
     variant.resolved_dtype = NAMES.get(str(runtime.dtype).replace("torch.", ""), str(runtime.dtype))
     raw, optimizer, scaler, batches = train.build_training(dataclasses.replace(model_cfg, gate=variant.gate),
                                                            train_cfg, runtime, folder)
-    variant.compiled = train.should_compile(train_cfg, runtime, raw)
+    variant.compiled = train.should_compile(train_cfg, runtime)
     model = train.compile_model(raw, runtime) if variant.compiled else raw
     params = list(raw.parameters())
     variant.raw, variant.runtime = raw, runtime
@@ -500,9 +500,7 @@ def main(argv=None):
             dtype, compile_ = ((train_cfg.dtype, train_cfg.compile) if path == "default" else
                                tuple((path.split("/") + ["auto"])[:2]))
             runtime = train.setup_runtime(str(device), dtype)
-            with torch.device("meta"):  # the model's FLOPs, without its memory
-                shape = GPT(dataclasses.replace(model_cfg, gate=gate))
-            compiled = train.should_compile(dataclasses.replace(train_cfg, compile=compile_), runtime, shape)
+            compiled = train.should_compile(dataclasses.replace(train_cfg, compile=compile_), runtime)
             key = (gate, runtime.dtype, compiled)
             if key not in variants:
                 name = f"{NAMES.get(str(runtime.dtype)[6:], runtime.dtype)} {'compiled' if compiled else 'eager'}"

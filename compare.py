@@ -25,13 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import analyze
-import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, pick, run_main, to_dict
-from model import GPT, GPTConfig
+from model import GPTConfig
 from train import TrainConfig
 
 # ---------------------------------------------------------------------------
@@ -254,11 +252,7 @@ def format_table(results):
 def resolved_runtime(settings):
     """What device, dtype and compile=auto become on this machine (train.py decides), for the record."""
     runtime = train.setup_runtime(settings["device"], settings["dtype"])
-    folder = prepare_data.dataset_dir(settings["data_dir"], settings["dataset"])
-    vocab_size = settings["vocab_size"] or prepare_data.load_meta(folder)["vocab_size"]
-    with torch.device("meta"):  # the shape alone: on a CPU, compile=auto depends on the model's FLOPs
-        model = GPT(pick(GPTConfig, {**settings, "vocab_size": vocab_size}))
-    compiled = train.should_compile(pick(TrainConfig, settings), runtime, model)
+    compiled = train.should_compile(pick(TrainConfig, settings), runtime)
     resolved = {"device": str(runtime.device), "dtype": str(runtime.dtype).removeprefix("torch."),
                 "compile": str(compiled).lower()}
     return {key: value if settings[key] == value else f"{settings[key]}: {value}" for key, value in resolved.items()}

@@ -56,7 +56,7 @@ class TrainConfig:
     spike_window: int = opt(100, "rolling window of the loss and grad-norm spike scores (OLMo 2: 1000)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto | float32 | bfloat16 | float16 (autocast precision)")
-    compile: str = opt("auto", "torch.compile the model: auto (CUDA; CPU for runs over ~10 min) | true | false")
+    compile: str = opt("auto", "torch.compile the model: auto (on for CUDA) | true | false")
     seed: int = opt(1337, "seed for initialisation, data order and dropout")
     progress: bool = opt(True, "show a progress bar")
 
@@ -370,27 +370,15 @@ def load_configs(argv):
     return model_cfg, train_cfg, ckpt
 
 
-# compile=auto on a CPU compiles runs estimated to train for at least this long: compiling
-# costs 15-30 s on 2 cores the first time (a few seconds once cached) and saves 5-10% of the
-# step time, which only a long run wins back.
-CPU_COMPILE_MIN_SECONDS = 600
-
-
-def should_compile(cfg, runtime, model=None):
-    """compile=auto: on for CUDA; on a CPU when the run is long enough to repay compiling,
-    judged from the model's FLOPs at 30% of the measured matmul peak."""
+def should_compile(cfg, runtime):
+    """compile=auto: on for CUDA only. On a CPU, compiling takes 15-30 s on 2 cores the first
+    time and saves about 1% of the step time (bench.py), so even long runs stay eager."""
     if cfg.compile == "true" and runtime.device_type == "cpu" and not has_cpp_compiler():
         raise ConfigError("compile=true on a CPU needs a C++ compiler (g++ or clang++): install one, "
                           "or use --compile=false")
     if cfg.compile != "auto":
         return cfg.compile == "true"
-    if runtime.device_type == "cuda":
-        return True
-    if runtime.device_type != "cpu" or model is None or not has_cpp_compiler():
-        return False
-    tokens = cfg.max_iters * cfg.batch_size * cfg.grad_accum_steps * model.config.block_size
-    seconds = tokens * model.flops_per_token() / (0.3 * peak_flops("cpu", runtime.dtype))
-    return seconds >= CPU_COMPILE_MIN_SECONDS
+    return runtime.device_type == "cuda"
 
 
 def has_cpp_compiler():
@@ -494,7 +482,7 @@ def main(argv=None):
               f"without embeddings); device {runtime.device}, {runtime.dtype}, {runtime.world_size} process(es)")
 
     raw_model, params = model, list(model.parameters())
-    if should_compile(cfg, runtime, model):
+    if should_compile(cfg, runtime):
         model = compile_model(model, runtime)
     if runtime.world_size > 1:
         model = DDP(model, device_ids=[runtime.local_rank] if runtime.device_type == "cuda" else None)
