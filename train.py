@@ -150,9 +150,10 @@ def reuse_freed_memory():
 
     By default glibc hands large freed blocks back (blocks over 128 KiB are mmapped, and the
     top of the heap is trimmed), so the activations and gradients of every step fault their
-    pages in again: about 3,000 page faults per step of the CPU speedrun, 10-15% of its time. PyTorch's CPU tuning guide suggests a caching malloc
-    (jemalloc, tcmalloc) for this; with glibc two settings do it: allocations up to 32 MiB come
-    from the heap, and freed memory stays there. Elsewhere (macOS, musl) nothing changes.
+    pages in again: about 3,000 page faults per step of the CPU speedrun, 10-15% of its time.
+    PyTorch's CPU tuning guide suggests a caching malloc (jemalloc, tcmalloc) for this; with
+    glibc two settings do it: allocations up to 32 MiB come from the heap, and freed memory
+    stays there. Elsewhere (macOS, musl) nothing changes.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
