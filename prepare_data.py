@@ -241,9 +241,33 @@ def load_meta(dataset_dir) -> dict:
     if not is_prepared(folder):
         raise ConfigError(f"no prepared data in {folder}: run python prepare_data.py --dataset={folder.name}")
     try:
-        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except ValueError:
         raise ConfigError(f"{folder / 'meta.json'} is not valid JSON: run prepare_data.py again") from None
+    check_meta(meta, folder / "meta.json")
+    return meta
+
+
+TOKEN_DTYPES = ("uint16", "uint32")  # what token_dtype writes; anything else is refused before numpy reads it
+
+
+def check_meta(meta, where):
+    """A dataset's metadata as this project writes it, or one line saying what is wrong."""
+    fix = "run prepare_data.py again"
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{where} holds a {type(meta).__name__}, not a JSON object: {fix}")
+    missing = [key for key in ("tokenizer", "vocab_size", "dtype") if key not in meta]
+    if missing:
+        raise ConfigError(f"{where} has no {', '.join(missing)}: {fix}")
+    if meta["dtype"] not in TOKEN_DTYPES:
+        raise ConfigError(f"{where}: dtype {meta['dtype']!r} is not a token dtype ({' or '.join(TOKEN_DTYPES)}): {fix}")
+    if not isinstance(meta["vocab_size"], int) or isinstance(meta["vocab_size"], bool) or meta["vocab_size"] < 1:
+        raise ConfigError(f"{where}: vocab_size {meta['vocab_size']!r} is not a positive integer: {fix}")
+    if not isinstance(meta["tokenizer"], str):
+        raise ConfigError(f"{where}: tokenizer {meta['tokenizer']!r} is not a name: {fix}")
+    chars = meta.get("chars")
+    if meta["tokenizer"] == "char" and not (isinstance(chars, list) and all(isinstance(c, str) for c in chars)):
+        raise ConfigError(f"{where}: a char tokenizer needs its chars, a list of strings: {fix}")
 
 
 def is_up_to_date(folder, cfg, source_sha256):

@@ -1,6 +1,7 @@
 """prepare_data.py: sources, tokenizers, the files it writes, and its errors. CPU only, no network."""
 
 import importlib.util
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -301,3 +302,31 @@ def test_tinyshakespeare_download_failure_is_clear(tmp_path, monkeypatch):
                                           r"pass --source=path/to/input.txt"):
         prepare(DataConfig(dataset="tinyshakespeare", data_dir=str(tmp_path)))
     assert not (tmp_path / "tinyshakespeare").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dtype": "object"}, r"dtype 'object' is not a token dtype \(uint16 or uint32\)"),
+    ({"dtype": "float64"}, "dtype 'float64' is not a token dtype"),
+    ({"vocab_size": "65"}, "vocab_size '65' is not a positive integer"),
+    ({"tokenizer": None}, "tokenizer None is not a name"),
+    ({"chars": "abc"}, "a char tokenizer needs its chars"),
+    ({"dtype": None, "vocab_size": None}, "has no vocab_size, dtype"),
+])
+def test_only_metadata_this_project_writes_is_read(tmp_path, change, message):
+    """numpy would map any dtype it is given ("object": pointers, and training crashes)."""
+    folder = prepare(DataConfig(dataset="mine", source=str(write(tmp_path / "t.txt", TEXT)), data_dir=str(tmp_path)))
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(change)
+    meta = {k: v for k, v in meta.items() if v is not None or k == "tokenizer"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=message) as e:
+        load_meta(folder)
+    assert "\n" not in str(e.value) and "run prepare_data.py again" in str(e.value)
+
+
+def test_metadata_that_is_not_an_object_is_one_line(tmp_path):
+    folder = prepare(DataConfig(dataset="mine", source=str(write(tmp_path / "t.txt", TEXT)), data_dir=str(tmp_path)))
+    for text in ("[1, 2]", '"uint16"', "null"):
+        (folder / "meta.json").write_text(text)
+        with pytest.raises(ConfigError, match=r"meta.json holds a (list|str|NoneType), not a JSON object"):
+            load_meta(folder)
