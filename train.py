@@ -11,6 +11,7 @@ Every setting is listed by `python train.py --help`.
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import json
 import math
@@ -277,17 +278,70 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, device="cpu"):
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "config", "meta", "step", "best_val_loss", "rng", "history")
+
+
+def load_checkpoint(path, device="cpu", keys=CHECKPOINT_KEYS):
+    """A checkpoint's contents, read without running any code stored in it (weights_only),
+    after checking that it is a dict with `keys`; anything else is one line of error."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}: train one with python train.py --out_dir={path.parent}")
-    return torch.load(path, map_location=device, weights_only=True)
+    not_ours = f"{path} is not a checkpoint this project or nanoGPT wrote"
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # truncated, not a torch file, or it stores code (torch refuses to run it)
+        raise ConfigError(f"{not_ours}: it cannot be read as one") from None
+    if not isinstance(ckpt, dict):
+        raise ConfigError(f"{not_ours}: it holds a {type(ckpt).__name__}, not a dict")
+    missing = [key for key in keys if key not in ckpt]
+    if missing and "model_args" in ckpt:
+        raise ConfigError(f"{path} is a nanoGPT checkpoint: train.py cannot resume it "
+                          "(sample.py and analyze.py read it)")
+    if missing:
+        raise ConfigError(f"{not_ours}: it has no {', '.join(map(repr, missing))}")
+    return ckpt
+
+
+def check_resume(model_cfg, ckpt):
+    """The model's settings (dropout aside) are fixed by its weights: a resumed run keeps them."""
+    stored = pick(GPTConfig, ckpt["config"])
+    changed = [f"{f.name} {getattr(stored, f.name)!r} -> {getattr(model_cfg, f.name)!r}"
+               for f in dataclasses.fields(GPTConfig)
+               if f.name != "dropout" and getattr(stored, f.name) != getattr(model_cfg, f.name)]
+    if changed:
+        raise ConfigError(f"--resume cannot change the model's {', '.join(changed)}: drop the override, "
+                          "or train a new model in another --out_dir")
+
+
+def check_same_dataset(stored, meta, folder):
+    """A resumed run continues on the data it was trained on, with token ids that mean the same."""
+    ids = [key for key in ("tokenizer", "chars", "vocab_size", "bos_token") if stored.get(key) != meta.get(key)]
+    if ids:
+        raise ConfigError(f"--resume on {folder}: its token ids mean something else than the checkpoint's "
+                          f"({', '.join(ids)} differ): resume on the dataset the run was trained on")
+    text = [key for key in ("source_sha256", "val_fraction") if stored.get(key) != meta.get(key)]
+    if text:
+        raise ConfigError(f"--resume on {folder}: it holds other data than the run was trained on "
+                          f"({', '.join(text)} differ; trained on {stored.get('source')}): resume on that data, "
+                          "or train a new model in another --out_dir")
 
 
 def model_from_checkpoint(ckpt, device="cpu"):
-    """The trained GPT stored in a checkpoint, in eval mode."""
-    model = GPT(pick(GPTConfig, ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
+    """The trained GPT stored in a checkpoint of this project, in eval mode."""
+    return model_from_state(pick(GPTConfig, ckpt["config"]), ckpt["model"], device)
+
+
+def model_from_state(model_cfg, state_dict, device="cpu"):
+    """A GPT with `model_cfg` holding the weights of `state_dict`, in eval mode."""
+    model = GPT(model_cfg)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError:
+        expected, given = set(model.state_dict()), set(state_dict)
+        wrong = sorted(expected ^ given) or [k for k in expected if model.state_dict()[k].shape != state_dict[k].shape]
+        raise ConfigError(f"the stored weights do not fit the stored settings ({', '.join(wrong[:3])}"
+                          f"{' ...' if len(wrong) > 3 else ''})") from None
     return model.to(device).eval()
 
 
@@ -370,6 +424,7 @@ def load_configs(argv):
     if train_cfg.resume:
         ckpt = load_checkpoint(Path(train_cfg.out_dir) / "ckpt.pt")
         model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], argv, base=ckpt["config"])
+        check_resume(model_cfg, ckpt)
     return model_cfg, train_cfg, ckpt
 
 
@@ -464,6 +519,8 @@ def main(argv=None):
 
     folder = dataset_folder(cfg, runtime)
     meta = prepare_data.load_meta(folder)
+    if ckpt is not None:
+        check_same_dataset(ckpt["meta"], meta, folder)
     if model_cfg.vocab_size == 0:
         model_cfg.vocab_size = meta["vocab_size"]
     elif model_cfg.vocab_size < meta["vocab_size"]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import analyze
+import prepare_data
 import sample
 import train
 from configurable import ConfigError
@@ -161,3 +162,57 @@ def test_sample_streams_text_from_a_checkpoint(data_dir, tmp_path, capsys):
         sample.main([*common, "--prompt=ZEBRA"])
     with pytest.raises(ConfigError, match="prompt file"):
         sample.main([*common, "--prompt=FILE:/no/such/file"])
+
+
+class Payload:
+    """Pickled, it asks to run a shell command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_unreadable_checkpoints_are_one_line(data_dir, tmp_path, monkeypatch):
+    train.main(args(data_dir, tmp_path / "run", "--max_iters=2", "--eval_interval=2"))
+    good = (tmp_path / "run" / "ckpt.pt").read_bytes()
+    marker = tmp_path / "payload-ran"
+    files = {
+        "truncated": lambda path: path.write_bytes(good[:len(good) // 2]),
+        "not a checkpoint": lambda path: torch.save({"weights": torch.zeros(3)}, path),
+        "a list": lambda path: torch.save([1, 2], path),
+        "planted": lambda path: torch.save({"model": Payload(marker)}, path),
+    }
+    for name, make in files.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        make(folder / "ckpt.pt")
+        for run in (lambda: train.main([f"--out_dir={folder}", "--resume"]),
+                    lambda: sample.main([f"--out_dir={folder}", "--device=cpu"]),
+                    lambda: analyze.main([f"--checkpoints={folder}", "--report=", "--fig_dir="])):
+            with pytest.raises(ConfigError, match="is not a checkpoint this project or nanoGPT wrote") as e:
+                run()
+            assert "\n" not in str(e.value) and "weights_only" not in str(e.value), name
+    assert not marker.exists()
+
+
+def test_resume_refuses_other_shapes_and_other_data(data_dir, tmp_path):
+    train.main(args(data_dir, tmp_path / "run", "--max_iters=2", "--eval_interval=2"))
+    resume = [f"--out_dir={tmp_path / 'run'}", "--resume", "--max_iters=4"]
+    with pytest.raises(ConfigError, match=r"--resume cannot change the model's n_embd 32 -> 64, gate "
+                                          r"'elementwise' -> 'none': drop the override"):
+        train.main([*resume, "--n_embd=64", "--gate=none"])
+    text = (data_dir / "text.txt").read_text()
+    # Same vocabulary size, other characters: every token id means something else.
+    other = tmp_path / "other.txt"
+    other.write_text(text.replace("R", "@"))
+    prepare_data.prepare(prepare_data.DataConfig(dataset="tiny", source=str(other), data_dir=str(tmp_path / "d1")))
+    with pytest.raises(ConfigError, match=r"its token ids mean something else than the checkpoint's \(chars differ\)"):
+        train.main([*resume, f"--data_dir={tmp_path / 'd1'}"])
+    # Same characters, other text.
+    other.write_text(text[len(text) // 2:] + text[:len(text) // 2])
+    prepare_data.prepare(prepare_data.DataConfig(dataset="tiny", source=str(other), data_dir=str(tmp_path / "d2")))
+    with pytest.raises(ConfigError, match=r"it holds other data than the run was trained on \(source_sha256 differ"):
+        train.main([*resume, f"--data_dir={tmp_path / 'd2'}"])
+    assert train.main([*resume, "--dropout=0.1"])["step"] == 4  # dropout may change
