@@ -34,6 +34,7 @@ import torch
 # train.py imports this module for its evaluation-time statistics; both sides
 # use a plain `import`, so the cycle resolves (nothing is used at import time).
 import prepare_data
+import pretrained
 import train
 from configurable import ConfigError, opt, parse_args, run_main
 
@@ -300,24 +301,31 @@ def sequences(folder, split, num_sequences, seq_len, batch_size, runtime, seed):
 
 
 def analyze_checkpoint(path, split="val", num_sequences=64, seq_len=64, eps=0.3, batch_size=16,
-                       device="cpu", seed=0, layer=None):
-    """`model_stats` of a checkpoint on sequences from its own dataset, plus the loss
+                       device="cpu", seed=0, layer=None, data=""):
+    """`model_stats` of a checkpoint (or nanoGPT's, or GPT-2's weights: see pretrained.load_model)
+    on sequences from `data`, a prepared dataset folder ('': the checkpoint's own), plus the loss
     on them (key f"{split}_loss"), "params", "step" and the stored "config"."""
     check_settings(split, num_sequences, seq_len, batch_size, eps)
     runtime = train.setup_runtime(device, "float32")
-    ckpt = train.load_checkpoint(path, runtime.device)
-    model = train.model_from_checkpoint(ckpt, runtime.device)
+    model, tokenizer, info = pretrained.load_model(path, runtime.device)
     block_size, n_layer = model.config.block_size, model.config.n_layer
     if seq_len > block_size:
         raise ConfigError(f"seq_len={seq_len} is longer than the block_size={block_size} of {path}: "
                           f"use --seq_len={block_size} or less")
     if layer is not None and not 0 <= layer < n_layer:
         raise ConfigError(f"layer={layer} is not a layer of {path}, which has {n_layer}: use 0 to {n_layer - 1}")
-    config = ckpt["config"]
-    folder = prepare_data.dataset_dir(config["data_dir"], config["dataset"])
+    config = info["config"]
+    if data:
+        folder = Path(data)
+        pretrained.check_dataset_fits(tokenizer, model, prepare_data.load_meta(folder), folder)
+    elif info["kind"] == "gated-gpt":
+        folder = prepare_data.dataset_dir(config["data_dir"], config["dataset"])
+    else:
+        raise ConfigError(f"{path} comes with no dataset of this project: give --data=FOLDER, a dataset "
+                          "prepared by prepare_data.py with the model's tokenizer")
     stats = Stats(layer)
     loss = observe(model, sequences(folder, split, num_sequences, seq_len, batch_size, runtime, seed), stats)
-    return {f"{split}_loss": loss, "params": model.num_params(), "step": ckpt["step"], "config": config,
+    return {f"{split}_loss": loss, "params": model.num_params(), "step": info["step"], "config": config,
             **stats.summary(eps)}
 
 
@@ -475,7 +483,10 @@ def _plot_maps(fig, names, results):
 
 @dataclass
 class AnalyzeConfig:
-    checkpoints: str = opt("", "comma-separated checkpoints (ckpt.pt files or run folders)")
+    checkpoints: str = opt("", "comma-separated ckpt.pt files or run folders (this project's or nanoGPT's), "
+                           "gpt2 | gpt2-medium | gpt2-large | gpt2-xl, or folders of Hugging Face GPT-2 files")
+    data: str = opt("", "prepared dataset folder to measure on ('': each checkpoint's own; nanoGPT and "
+                    "GPT-2 need one prepared with their tokenizer)")
     split: str = opt("val", "data split the sequences come from: train | val")
     num_sequences: int = opt(64, "sequences to measure on")
     seq_len: int = opt(64, "tokens per sequence (Gu et al. use 64; at most the model's block_size)")
@@ -493,15 +504,15 @@ class AnalyzeConfig:
             raise ConfigError("no checkpoints: give --checkpoints=out-a/ckpt.pt,out-b/ckpt.pt")
 
     def checkpoint_paths(self):
-        paths = [Path(p) for p in self.checkpoints.split(",") if p.strip()]
-        return [p / "ckpt.pt" if p.is_dir() else p for p in paths]
+        paths = [Path(p.strip()) for p in self.checkpoints.split(",") if p.strip()]
+        return [p / "ckpt.pt" if (p / "ckpt.pt").is_file() else p for p in paths]
 
 
 def main(argv=None):
     """Analyse every checkpoint; returns {checkpoint: results}."""
     (cfg,) = parse_args([AnalyzeConfig], argv, prog="analyze.py", description=__doc__)
     results = {str(path): analyze_checkpoint(path, cfg.split, cfg.num_sequences, cfg.seq_len, cfg.eps,
-                                             cfg.batch_size, cfg.device, cfg.seed, cfg.layer)
+                                             cfg.batch_size, cfg.device, cfg.seed, cfg.layer, cfg.data)
                for path in cfg.checkpoint_paths()}
     print(format_table(results, cfg.split))
     if cfg.report:

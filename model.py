@@ -11,7 +11,9 @@ normed input X that feeds q, k and v:
     Y' = SDPA(Q, K, V) * sigmoid(X @ W_g)          (paper, Sec. 2, position G1)
 
 With gate="none" the model is a plain GPT in the nanoGPT tradition, with the
-same parameter names, so nanoGPT checkpoints load into it.
+same parameter names: sample.py and analyze.py load nanoGPT checkpoints into
+it, and OpenAI's GPT-2 weights (with bias=True, activation="gelu_tanh"); see
+pretrained.py.
 """
 
 import contextlib
@@ -38,6 +40,7 @@ GATE_MODES = ("multiplicative", "additive")
 GATE_HEADS = ("specific", "shared")
 GATE_INPUTS = ("dependent", "independent")
 POS_EMBS = ("learned", "rope")
+ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
 def _check_choice(key, value, choices):
@@ -57,6 +60,7 @@ class GPTConfig:
     pos_emb: str = opt("learned", "position encoding: learned | rope")
     rope_base: float = opt(10000.0, "RoPE base frequency")
     qk_norm: bool = opt(False, "LayerNorm on queries and keys (the usual fix for high-LR attention-logit growth)")
+    activation: str = opt("gelu", "MLP activation: gelu | gelu_tanh (GPT-2's tanh approximation, for its weights)")
     gate: str = opt("elementwise", "attention gate: none | headwise | elementwise")
     gate_position: str = opt("sdpa", "where the gate acts: sdpa (G1) | value (G2) | key (G3) | query (G4) | output (G5)")
     gate_activation: str = opt("sigmoid", "gate activation: sigmoid | silu | ns_sigmoid (0.5 + 0.5 sigmoid)")
@@ -67,7 +71,8 @@ class GPTConfig:
     def __post_init__(self):
         for key, choices in [("gate", GATES), ("gate_position", GATE_POSITIONS),
                              ("gate_activation", GATE_ACTIVATIONS), ("gate_mode", GATE_MODES),
-                             ("gate_heads", GATE_HEADS), ("gate_input", GATE_INPUTS), ("pos_emb", POS_EMBS)]:
+                             ("gate_heads", GATE_HEADS), ("gate_input", GATE_INPUTS), ("pos_emb", POS_EMBS),
+                             ("activation", ACTIVATIONS)]:
             _check_choice(key, getattr(self, key), choices)
         if min(self.block_size, self.n_layer, self.n_head, self.n_embd) < 1:
             raise ConfigError("block_size, n_layer, n_head and n_embd must be positive")
@@ -277,7 +282,8 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        # OpenAI's GPT-2 was trained with the tanh approximation of GELU ("gelu_new").
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

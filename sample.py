@@ -1,6 +1,8 @@
 """Sample text from a trained model, streaming it as it is generated.
 
     python sample.py --out_dir=out
+    python sample.py --out_dir=../nanoGPT/out-shakespeare-char    # a nanoGPT checkpoint
+    python sample.py --init_from=gpt2 --prompt="The attention sink"  # OpenAI's GPT-2, downloaded once
     python sample.py --prompt="ROMEO:" --num_samples=2 --max_new_tokens=300 --top_p=0.9
     python sample.py --prompt=FILE:prompt.txt --temperature=0
 """
@@ -11,14 +13,16 @@ from pathlib import Path
 
 import torch
 
-import prepare_data
+import pretrained
 from configurable import ConfigError, opt, parse_args, run_main
-from train import load_checkpoint, model_from_checkpoint, setup_runtime
+from train import setup_runtime
 
 
 @dataclass
 class SampleConfig:
-    out_dir: str = opt("out", "run folder holding ckpt.pt")
+    out_dir: str = opt("out", "run folder holding ckpt.pt (this project's or nanoGPT's)")
+    init_from: str = opt("resume", "resume: out_dir's checkpoint; gpt2 | gpt2-medium | gpt2-large | gpt2-xl: "
+                         "OpenAI's weights; or a folder of Hugging Face GPT-2 files")
     prompt: str = opt("\n", "text to continue, or FILE:path to read it from a file")
     num_samples: int = opt(3, "how many samples to draw")
     max_new_tokens: int = opt(500, "tokens to generate per sample")
@@ -78,9 +82,8 @@ def stream_text(model, tokenizer, ids, cfg, generator, runtime, out=sys.stdout):
 def main(argv=None):
     (cfg,) = parse_args([SampleConfig], argv, prog="sample.py", description=__doc__)
     runtime = setup_runtime(cfg.device, cfg.dtype)
-    ckpt = load_checkpoint(Path(cfg.out_dir) / "ckpt.pt", runtime.device)
-    model = model_from_checkpoint(ckpt, runtime.device)
-    tokenizer = prepare_data.tokenizer_from_meta(ckpt["meta"])
+    source = Path(cfg.out_dir) / "ckpt.pt" if cfg.init_from == "resume" else cfg.init_from
+    model, tokenizer, _ = pretrained.load_model(source, runtime.device)
     ids = encode_prompt(tokenizer, read_prompt(cfg.prompt))
     generator = torch.Generator(runtime.device).manual_seed(cfg.seed)
     samples = []
