@@ -306,9 +306,11 @@ def load_checkpoint(path, device="cpu", keys=CHECKPOINT_KEYS):
 def check_resume(model_cfg, ckpt):
     """The model's settings (dropout aside) are fixed by its weights: a resumed run keeps them."""
     stored = pick(GPTConfig, ckpt["config"])
-    changed = [f"{f.name} {getattr(stored, f.name)!r} -> {getattr(model_cfg, f.name)!r}"
-               for f in dataclasses.fields(GPTConfig)
-               if f.name != "dropout" and getattr(stored, f.name) != getattr(model_cfg, f.name)]
+    fixed = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "dropout"]
+    if model_cfg.vocab_size == 0:  # "from the dataset", which check_same_dataset holds to the stored one
+        fixed.remove("vocab_size")
+    changed = [f"{key} {getattr(stored, key)!r} -> {getattr(model_cfg, key)!r}"
+               for key in fixed if getattr(stored, key) != getattr(model_cfg, key)]
     if changed:
         raise ConfigError(f"--resume cannot change the model's {', '.join(changed)}: drop the override, "
                           "or train a new model in another --out_dir")
