@@ -109,7 +109,7 @@ def test_nanogpt_without_meta_pkl(tmp_path, monkeypatch):
 
 class StubEncoding:
     """Stands in for tiktoken's gpt2 encoding, which is downloaded on first use."""
-    name, n_vocab = "gpt2", 50257
+    name, n_vocab = "gpt2", 100  # as small as the test model's vocabulary
 
     def encode_ordinary(self, text):
         return [ord(c) % 100 for c in text]
@@ -161,6 +161,18 @@ def test_sample_with_gpt2_weights(hf_gpt2, capsys):
     samples = sample.main([f"--init_from={folder}", "--prompt=hello", "--num_samples=1", "--max_new_tokens=5",
                            "--device=cpu"])
     assert len(samples[0]) == 5 and all(0 <= t < 100 for t in samples[0])
+
+
+def test_analyze_gpt2_weights_on_a_dataset_with_their_tokenizer(hf_gpt2, tmp_path, data_dir):
+    _, folder = hf_gpt2
+    source = tmp_path / "text.txt"
+    source.write_text("The attention sink is the first token. " * 100)
+    prepare_data.prepare(prepare_data.DataConfig(dataset="bpe", source=str(source), tokenizer="gpt2",
+                                                 data_dir=str(tmp_path)))
+    result = analyze.analyze_checkpoint(folder, seq_len=16, num_sequences=4, data=str(tmp_path / "bpe"))
+    assert result["step"] is None and result["params"] > 0 and 0 <= result["f_attn"] <= 1
+    with pytest.raises(ConfigError, match="tokenized differently from the model"):  # characters, not GPT-2
+        analyze.analyze_checkpoint(folder, seq_len=16, data=str(data_dir / "tiny"))
 
 
 def serve(folder, calls):
