@@ -229,6 +229,8 @@ def read_safetensors(path):
             buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except (ValueError, OSError, MemoryError):
             raise ConfigError(bad) from None
+    if not isinstance(header, dict):
+        raise ConfigError(bad)
     tensors = {}
     for name, entry in header.items():
         if name == "__metadata__":
