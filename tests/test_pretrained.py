@@ -11,6 +11,7 @@ import analyze
 import prepare_data
 import pretrained
 import sample
+import train
 from configurable import ConfigError
 from model import GPT, GPTConfig
 
@@ -145,7 +146,7 @@ def test_gpt2_from_hugging_face_files_matches_transformers(hf_gpt2, tmp_path):
         expected = hf(idx).logits
     assert torch.allclose(model(idx)[0], expected, atol=1e-5)
     # The exact GELU would not do: the activation setting is what makes GPT-2's numbers.
-    plain_gelu = pretrained.train.model_from_state(
+    plain_gelu = train.model_from_state(
         GPTConfig(**{**vars(model.config), "activation": "gelu"}), model.state_dict())
     assert not torch.allclose(plain_gelu(idx)[0], expected, atol=1e-5)
     # pytorch_model.bin instead of safetensors
@@ -154,6 +155,30 @@ def test_gpt2_from_hugging_face_files_matches_transformers(hf_gpt2, tmp_path):
     (bin_folder / "config.json").write_text((folder / "config.json").read_text())
     torch.save(hf.state_dict(), bin_folder / "pytorch_model.bin")
     assert torch.allclose(pretrained.load_model(bin_folder)[0](idx)[0], expected, atol=1e-5)
+
+
+def test_gpt2_in_the_hub_layout(hf_gpt2, tmp_path):
+    """OpenAI's files on the hub name tensors without "transformer.", keep the causal-mask
+    buffers and leave out the tied output head."""
+    from safetensors.torch import save_file
+    hf, folder = hf_gpt2
+    state = {k.removeprefix("transformer."): v.contiguous()
+             for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    for i in range(2):
+        state[f"h.{i}.attn.bias"] = torch.ones(32, 32).tril().view(1, 1, 32, 32)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    save_file(state, str(hub / "model.safetensors"))
+    (hub / "config.json").write_text((folder / "config.json").read_text())
+    idx = torch.randint(0, 100, (2, 32))
+    with torch.no_grad():
+        assert torch.allclose(pretrained.load_model(hub)[0](idx)[0], hf(idx).logits, atol=1e-5)
+
+
+def test_train_refuses_to_resume_a_nanogpt_checkpoint(tmp_path):
+    nanogpt_run(tmp_path)
+    with pytest.raises(ConfigError, match="is a nanoGPT checkpoint: train.py cannot resume it"):
+        train.main([f"--out_dir={tmp_path / 'out'}", "--resume"])
 
 
 def test_sample_with_gpt2_weights(hf_gpt2, capsys):
