@@ -484,7 +484,7 @@ def main(argv=None):
         return report
 
     torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)  # one graph per variant
-    default_runtime = train.setup_runtime(train_cfg.device, train_cfg.dtype)
+    default_runtime = train.setup_runtime(train_cfg.device, train_cfg.dtype, train_cfg.threads)
     device = default_runtime.device
     tables = split(bench_cfg.tables)
     report = {"preset": preset, "device": device_name(device), "torch": torch.__version__}
