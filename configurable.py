@@ -183,7 +183,12 @@ def pick(cls, flat):
 
 
 def format_config(*configs):
-    return "\n".join(f"  {k} = {v!r}" for k, v in to_dict(*configs).items())
+    return format_settings(to_dict(*configs))
+
+
+def format_settings(flat):
+    """One `  key = value` line per setting of a flat dict."""
+    return "\n".join(f"  {k} = {v!r}" for k, v in flat.items())
 
 
 def run_main(main_fn, argv=None):
