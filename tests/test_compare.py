@@ -168,3 +168,10 @@ def test_an_interrupted_run_is_resumed_then_reused(data_dir, tmp_path, interrupt
     assert compare.run_variant(settings, run_dir) == "resumed"
     assert train.load_checkpoint(run_dir / "ckpt.pt")["step"] == 10
     assert compare.run_variant(settings, run_dir) == "reused"
+
+
+def test_help_lists_out_dir_once(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--help"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  --out_dir=")]
+    assert rows == [next(r for r in rows if "runs/compare" in r)]

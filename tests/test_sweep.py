@@ -107,3 +107,11 @@ def test_a_settings_error_stops_the_sweep_before_anything_is_written(data_dir, t
     monkeypatch.undo()
     sweep.main(tiny(data_dir, out, "--variants=none", "--lr_max=1e-3", "--lr_points=1"))  # the corrected rerun
     assert sweep.load_results(out / "results.jsonl")[("none", "0.001")]["status"] == "finished"
+
+
+def test_help_shows_the_sweeps_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--help"])
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split()[0] for r in rows if r.startswith("  --out_dir=")] == ["--out_dir=runs/sweep"]
+    assert any(r.startswith("  --max_iters=300 ") for r in rows)
