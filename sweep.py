@@ -11,7 +11,7 @@ out_dir/results.jsonl: its status (finished, diverged or crashed), the val loss
 at initialisation, at the end and at best, loss and grad-norm spike scores, the
 largest gradient norm and the max attention logit at each evaluation (the
 per-step curves are in the run's metrics.jsonl). A diverging or crashing run is
-recorded and the sweep goes on. Started again with the same settings, the sweep
+recorded and the sweep goes on; a settings error stops it before anything is written. Started again with the same settings, the sweep
 skips the finished and diverged runs and retries crashed ones (an interrupted
 run resumes from its checkpoint); new variants or learning rates are added.
 
