@@ -105,7 +105,11 @@ def test_a_settings_error_stops_the_sweep_before_anything_is_written(data_dir, t
         sweep.main(tiny(data_dir, out))
     assert not (out / "results.jsonl").exists()
     monkeypatch.undo()
-    sweep.main(tiny(data_dir, out, "--variants=none", "--lr_max=1e-3", "--lr_points=1"))  # the corrected rerun
+    corrected = tiny(data_dir, out, "--variants=none", "--lr_max=1e-3", "--lr_points=1")
+    with train.lock_folder(out):  # while another sweep holds the folder, this one stops at once
+        with pytest.raises(sweep.ConfigError, match=f"{out} is in use by another run"):
+            sweep.main(corrected)
+    sweep.main(corrected)
     assert sweep.load_results(out / "results.jsonl")[("none", "0.001")]["status"] == "finished"
 
 
