@@ -376,7 +376,8 @@ def plot_layers(path, results, seq_len, title):
 class CompareConfig:
     variants: str = opt("none,elementwise", "comma-separated variants, each trained the same way (listed above)")
     out_dir: str = opt("runs/compare", "folder for one run folder per variant, the table and the figures")
-    fresh: bool = opt(False, "retrain every variant, deleting its checkpoint, instead of reusing finished runs")
+    fresh: bool = opt(False, "retrain every variant instead of reusing finished runs (each old run is replaced "
+                             "once every setting has been checked)")
 
 
 def write_outputs(out_dir, shared, results, description):
