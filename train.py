@@ -21,6 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import fcntl  # run-folder locks; Windows has none
+except ImportError:
+    fcntl = None
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -310,9 +315,7 @@ def lock_folder(folder):
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         yield
         return
     with open(folder / ".lock", "a+") as f:
@@ -418,7 +421,10 @@ class MetricsLog:
         kept = []
         if step is not None:
             for line in self.path.read_text().splitlines():
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the last line, cut short by a kill
+                    continue
                 evaluation = "val_loss" in record and not record.get("diverged")
                 if record["step"] < step or (record["step"] == step and evaluation):
                     kept.append(line + "\n")

@@ -144,6 +144,19 @@ def test_training_errors(data_dir, tmp_path):
         train.main([f"--out_dir={tmp_path / 'empty'}", "--resume"])
 
 
+def test_metrics_keep_the_history_up_to_the_checkpoint(tmp_path):
+    # Steps 0-4, the evaluation the checkpoint at step 5 was taken after, steps 5-6 and a divergence.
+    records = ([{"step": s, "loss": 1.0} for s in range(5)] + [{"step": 5, "val_loss": 2.5}]
+               + [{"step": s, "loss": 1.0} for s in (5, 6)] + [{"step": 7, "diverged": True, "loss": "nan"}])
+    log = train.MetricsLog(tmp_path / "metrics.jsonl", enabled=True)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 8, "lo')
+    log.start_at(5)  # the last line was cut short by a kill
+    kept = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert kept == [{"step": s, "loss": 1.0} for s in range(5)] + [{"step": 5, "val_loss": 2.5}]
+    log.start_at(None)  # a new run in the folder
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
 @pytest.mark.parametrize("setting, message", [
     ("--grad_clip=-1", "grad_clip=-1.0 cannot be negative"),
     ("--weight_decay=-1", "weight_decay=-1.0 cannot be negative"),
