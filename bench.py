@@ -57,7 +57,7 @@ import torch
 import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, run_main
-from model import GPTConfig
+from model import GATES, GPTConfig
 
 ROOT = Path(__file__).resolve().parent
 
@@ -68,6 +68,10 @@ PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=32, vocab_size=50304),
 }
 NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# train.py keys that do not change how fast a step runs: accepted, so that any training preset
+# loads with --config, and ignored.
+IGNORED_KEYS = ("out_dir", "resume", "max_iters", "min_lr", "warmup_iters", "lr_decay_iters", "eval_interval",
+                "eval_iters", "log_interval", "spike_window", "progress")
 
 
 @dataclass
@@ -99,6 +103,21 @@ class BenchConfig:
         for key in ("warmup", "repeats", "gen_repeats", "speedrun_repeats"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be at least 1")
+        if self.steps < 0:
+            raise ConfigError(f"steps={self.steps} cannot be negative (0: about 2 s of work per repeat)")
+        for path in split(self.paths):
+            if path != "default":
+                dtype, _, compile_ = path.partition("/")
+                train.check_runtime_settings("auto", dtype)
+                if compile_ not in ("", "auto", "true", "false"):
+                    raise ConfigError(f"bad path {path!r} in 'paths': write dtype/compile, e.g. float32/false, "
+                                      "with compile auto (the default), true or false")
+        for gate in split(self.variants):
+            if gate not in GATES:
+                raise ConfigError(f"bad gate {gate!r} in 'variants': choose from {', '.join(GATES)}")
+        if not all(n.isdigit() and int(n) > 0 for n in split(self.gen_tokens)):
+            raise ConfigError(f"bad value {self.gen_tokens!r} for 'gen_tokens': give positive token counts, "
+                              "e.g. 250,1000")
 
 
 def split(text):
@@ -108,7 +127,7 @@ def split(text):
 def load_configs(argv):
     """Model, training and bench settings: defaults < preset < --config files < --key=value."""
     classes = [GPTConfig, train.TrainConfig, BenchConfig]
-    _, train_cfg, bench_cfg = parse_args(classes, argv, prog="bench.py", description=__doc__)
+    _, train_cfg, bench_cfg = parse_args(classes, argv, prog="bench.py", description=__doc__, ignored=IGNORED_KEYS)
     preset = bench_cfg.preset
     argv = sys.argv[1:] if argv is None else list(argv)
     if preset == "auto" and any(arg.startswith("--config") for arg in argv):
@@ -484,7 +503,7 @@ def main(argv=None):
         return report
 
     torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)  # one graph per variant
-    default_runtime = train.setup_runtime(train_cfg.device, train_cfg.dtype)
+    default_runtime = train.setup_runtime(train_cfg.device, train_cfg.dtype, train_cfg.threads)
     device = default_runtime.device
     tables = split(bench_cfg.tables)
     report = {"preset": preset, "device": device_name(device), "torch": torch.__version__}

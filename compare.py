@@ -28,7 +28,7 @@ import numpy as np
 
 import analyze
 import train
-from configurable import ConfigError, opt, parse_args, pick, run_main, to_dict
+from configurable import ConfigError, format_settings, opt, parse_args, pick, run_main, to_dict
 from model import GPTConfig
 from train import TrainConfig
 
@@ -113,6 +113,19 @@ def run_settings(shared, name):
     return settings
 
 
+def check_runs(runs):
+    """Check each run's settings against this machine and the data (train.prepare_run), so that a
+    bad setting stops everything before any run starts and before anything is deleted."""
+    for settings in runs:
+        train.prepare_run(pick(GPTConfig, settings), pick(TrainConfig, settings))
+
+
+def print_settings(shared, names):
+    """The settings every run shares, printed once (the runs themselves train quietly)."""
+    common = {key: value for key, value in shared.items() if key not in VARIANT_KEYS}
+    print(f"variants: {', '.join(names)}; settings of every run:\n{format_settings(common)}", flush=True)
+
+
 # ---------------------------------------------------------------------------
 # Runs: train, resume or reuse, through train.main
 # ---------------------------------------------------------------------------
@@ -120,7 +133,7 @@ def run_settings(shared, name):
 ANALYSIS_SEQUENCES = 64  # val sequences for analyze.py's statistics of each final checkpoint
 
 # Keys that do not change what a run computes, so a finished run is reused whatever they are.
-IGNORED_KEYS = ("progress", "log_interval", "compile")
+IGNORED_KEYS = ("progress", "log_interval", "compile", "threads")
 
 
 def settings_differ(settings, stored):
@@ -140,14 +153,13 @@ def run_variant(settings, run_dir, fresh=False):
     A checkpoint with the same settings is reused when the run finished (or
     diverged) and resumed when it was interrupted, bit for bit on CPU (train.py).
     A checkpoint with other settings stops with a message rather than being
-    overwritten; fresh=True deletes it first.
+    overwritten; fresh=True trains again, and train.main replaces the old run
+    only once it has checked every setting.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "ckpt.pt"
     argv = [f"--{key}={value}" for key, value in settings.items()] + [f"--out_dir={run_dir}"]
-    if fresh:
-        ckpt_path.unlink(missing_ok=True)
-    if ckpt_path.exists():
+    if ckpt_path.exists() and not fresh:
         ckpt = train.load_checkpoint(ckpt_path)
         differ = settings_differ(settings, ckpt["config"])
         if differ:
@@ -155,17 +167,18 @@ def run_variant(settings, run_dir, fresh=False):
                               "pass --fresh to retrain it, or choose another --out_dir")
         if ckpt["step"] >= settings["max_iters"] or read_metrics(run_dir)["diverged"]:
             return "reused"
-        train.main(argv + ["--resume"])
+        train.main(argv + ["--resume"], quiet=True)
         return "resumed"
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # from a run that stopped before its first checkpoint
-    train.main(argv)
+    train.main(argv, replace=fresh, quiet=True)
     return "trained"
 
 
 def read_metrics(run_dir):
     """metrics.jsonl as {"steps": [...], "evals": [...], "diverged": record or None}, in step order.
 
-    After a resume some steps are recorded twice; the later record wins, as in train.py's tests.
+    train.py keeps one history per file (a resume drops the records after its checkpoint); for
+    files written otherwise, a step recorded twice counts once (the later record), and a
+    divergence counts only if nothing was recorded after it (the run was not resumed past it).
     """
     steps, evals, diverged = {}, {}, None
     path = Path(run_dir) / "metrics.jsonl"
@@ -177,6 +190,8 @@ def read_metrics(run_dir):
             evals[record["step"]] = record
         elif "loss" in record:
             steps[record["step"]] = record
+    if diverged is not None and max([*steps, *evals], default=-1) > diverged["step"]:
+        diverged = None
     return {"steps": [steps[s] for s in sorted(steps)], "evals": [evals[s] for s in sorted(evals)],
             "diverged": diverged}
 
@@ -361,7 +376,8 @@ def plot_layers(path, results, seq_len, title):
 class CompareConfig:
     variants: str = opt("none,elementwise", "comma-separated variants, each trained the same way (listed above)")
     out_dir: str = opt("runs/compare", "folder for one run folder per variant, the table and the figures")
-    fresh: bool = opt(False, "retrain every variant, deleting its checkpoint, instead of reusing finished runs")
+    fresh: bool = opt(False, "retrain every variant instead of reusing finished runs (each old run is replaced "
+                             "once every setting has been checked)")
 
 
 def write_outputs(out_dir, shared, results, description):
@@ -378,10 +394,17 @@ def main(argv=None):
                                                description=f"{__doc__}\n{variants_help()}")
     shared = shared_settings(model_cfg, train_cfg)
     runs = {name: run_settings(shared, name) for name in parse_variants(cmp_cfg.variants)}
-    out_dir = Path(cmp_cfg.out_dir)
+    check_runs(runs.values())
+    with train.lock_folder(cmp_cfg.out_dir):
+        return compare_runs(runs, shared, Path(cmp_cfg.out_dir), cmp_cfg.fresh)
+
+
+def compare_runs(runs, shared, out_dir, fresh):
+    """Train (or reuse) each run in out_dir/VARIANT, then print the table and write it and the figures."""
+    print_settings(shared, list(runs))
     for name, settings in runs.items():
         start = time.perf_counter()
-        how = run_variant(settings, out_dir / name, cmp_cfg.fresh)
+        how = run_variant(settings, out_dir / name, fresh)
         print(f"{name}: {how} in {out_dir / name} ({time.perf_counter() - start:.0f} s)", flush=True)
     results = {name: run_results(out_dir / name, settings) for name, settings in runs.items()}
     title = describe_settings(shared)

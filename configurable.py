@@ -120,29 +120,52 @@ def load_toml(path):
         raise ConfigError(f"config file '{path}' is not valid TOML: {e}") from None
 
 
-def help_text(classes, prog, description):
+def help_text(classes, prog, description, base=None, ignored=()):
+    """--help: each key once (the first class that has it), with its default (`base` wins) and
+    description, in aligned columns; the keys in `ignored` are only named at the end."""
     lines = [f"usage: python {prog} [--config=FILE.toml] [--key=value ...]", ""]
     if description:
         lines += [description, ""]
-    lines.append("  --config=FILE.toml  load settings from a flat TOML file (repeatable, later files win)")
+    sections, seen = [], set(ignored)
     for cls in classes:
-        lines += ["", f"{cls.__name__}:"]
+        rows = []
         for f in dataclasses.fields(cls):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  --{f.name}={default!s:<14} {f.metadata.get('help', '')}")
+            default = (base or {}).get(f.name, default)
+            if isinstance(default, str) and not default.isprintable():
+                default = repr(default)  # a newline or tab shows as \n or \t
+            rows.append((f"--{f.name}={default}", f.metadata.get("help", "")))
+        sections.append((cls.__name__, rows))
+    config_row = ("--config=FILE.toml", "load settings from a flat TOML file (repeatable, later files win)")
+    # Columns line up; a key whose default is too long for the column has its description on the next line.
+    width = min(34, max(len(key) for _, rows in sections for key, _ in [config_row, *rows]))
+
+    def row(key, text):
+        return f"  {key:<{width}}  {text}" if len(key) <= width else f"  {key}\n  {'':<{width}}  {text}"
+
+    lines.append(row(*config_row))
+    for name, rows in sections:
+        if rows:
+            lines += ["", f"{name}:", *(row(key, text) for key, text in rows)]
+    if ignored:
+        lines += ["", f"Accepted but ignored here (so that training presets load): {', '.join(ignored)}"]
     return "\n".join(lines)
 
 
-def parse_args(classes, argv=None, prog="", description="", base=None):
+def parse_args(classes, argv=None, prog="", description="", base=None, ignored=()):
     """Resolve the settings of `classes` from defaults, TOML files and `argv`.
 
     `base`, a dict of key -> value (e.g. a checkpoint's stored config), replaces
     the defaults when given, so that resuming keeps the run's settings and the
     command line still overrides them. Returns one instance per class.
+    `ignored` names keys the script accepts but does not use; --help lists them apart.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
-        print(help_text(classes, prog, description))
+        print(help_text(classes, prog, description, base, ignored))
         raise SystemExit(0)
     fields = _fields(classes)
     values = {}
@@ -183,7 +206,12 @@ def pick(cls, flat):
 
 
 def format_config(*configs):
-    return "\n".join(f"  {k} = {v!r}" for k, v in to_dict(*configs).items())
+    return format_settings(to_dict(*configs))
+
+
+def format_settings(flat):
+    """One `  key = value` line per setting of a flat dict."""
+    return "\n".join(f"  {k} = {v!r}" for k, v in flat.items())
 
 
 def run_main(main_fn, argv=None):

@@ -99,6 +99,12 @@ class GPTConfig:
         if self.gate_position == "output" and self.gate_heads == "shared":
             raise ConfigError("gate_heads=shared needs heads, and there are none after the output projection "
                               "(gate_position=output): use gate_heads=specific")
+        if self.qk_norm and self.gate == "headwise" and self.gate_position in ("key", "query"):
+            # One score per head scales (or shifts) all of a head's k or q channels alike, and
+            # the LayerNorm of qk_norm, which comes after the gate, takes that scale (or shift) out again.
+            raise ConfigError(f"a headwise gate on the {self.gate_position} (gate_position={self.gate_position}) "
+                              "does almost nothing with qk_norm=true: the LayerNorm on q and k removes each "
+                              "head's gate score again. Use gate=elementwise, or qk_norm=false")
         if self.gate_mode == "additive" and self.gate_activation != "silu":
             raise ConfigError("the additive gate is Y + silu(XW) as in the paper: set gate_activation=silu")
 

@@ -15,7 +15,7 @@ import torch
 
 import pretrained
 from configurable import ConfigError, opt, parse_args, run_main
-from train import setup_runtime
+from train import check_runtime_settings, setup_runtime
 
 
 @dataclass
@@ -26,14 +26,16 @@ class SampleConfig:
     prompt: str = opt("\n", "text to continue, or FILE:path to read it from a file")
     num_samples: int = opt(3, "how many samples to draw")
     max_new_tokens: int = opt(500, "tokens to generate per sample")
-    temperature: float = opt(0.8, "softmax temperature; 0 picks the most likely token")
+    temperature: float = opt(0.8, "softmax temperature; 0 picks the most likely token (then one sample)")
     top_k: int = opt(200, "sample among the k most likely tokens (0: all)")
     top_p: float = opt(1.0, "nucleus sampling: the smallest set of tokens with this probability (1: all)")
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto | float32 | bfloat16 | float16")
+    threads: int = opt(0, "CPU threads for PyTorch (0: PyTorch's choice; 1 on a busy machine)")
 
     def __post_init__(self):
+        check_runtime_settings(self.device, self.dtype, self.threads)
         if self.temperature < 0:
             raise ConfigError("temperature cannot be negative")
         if not 0.0 < self.top_p <= 1.0:
@@ -81,13 +83,18 @@ def stream_text(model, tokenizer, ids, cfg, generator, runtime, out=sys.stdout):
 
 def main(argv=None):
     (cfg,) = parse_args([SampleConfig], argv, prog="sample.py", description=__doc__)
-    runtime = setup_runtime(cfg.device, cfg.dtype)
+    runtime = setup_runtime(cfg.device, cfg.dtype, cfg.threads)
     source = Path(cfg.out_dir) / "ckpt.pt" if cfg.init_from == "resume" else cfg.init_from
     model, tokenizer, _ = pretrained.load_model(source, runtime.device)
     ids = encode_prompt(tokenizer, read_prompt(cfg.prompt))
     generator = torch.Generator(runtime.device).manual_seed(cfg.seed)
+    num_samples = cfg.num_samples
+    if cfg.temperature == 0 and num_samples > 1:
+        print(f"note: temperature=0 always picks the most likely token, so all {num_samples} samples would "
+              "be the same: drawing one", file=sys.stderr)
+        num_samples = 1
     samples = []
-    for i in range(cfg.num_samples):
+    for i in range(num_samples):
         if i:
             print("-" * 40)
         sys.stdout.write(tokenizer.decode(ids))

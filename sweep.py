@@ -11,7 +11,7 @@ out_dir/results.jsonl: its status (finished, diverged or crashed), the val loss
 at initialisation, at the end and at best, loss and grad-norm spike scores, the
 largest gradient norm and the max attention logit at each evaluation (the
 per-step curves are in the run's metrics.jsonl). A diverging or crashing run is
-recorded and the sweep goes on. Started again with the same settings, the sweep
+recorded and the sweep goes on; a settings error stops it before anything is written. Started again with the same settings, the sweep
 skips the finished and diverged runs and retries crashed ones (an interrupted
 run resumes from its checkpoint); new variants or learning rates are added.
 
@@ -41,6 +41,7 @@ import numpy as np
 
 import analyze
 import compare
+import train
 from configurable import ConfigError, opt, parse_args, run_main
 from model import GPTConfig
 from train import TrainConfig
@@ -90,6 +91,8 @@ def sweep_run(name, lr, settings, run_dir):
     record = {"variant": name, "lr": lr, "run_dir": str(run_dir)}
     try:
         compare.run_variant(settings, run_dir)
+    except ConfigError:
+        raise  # a settings error is no property of the learning rate: it stops the sweep
     except Exception as e:  # noqa: BLE001 - any failure of one run is recorded; Ctrl-C still stops the sweep
         traceback.print_exc()
         return {**record, "status": "crashed", "error": f"{type(e).__name__}: {e}",
@@ -268,10 +271,18 @@ def main(argv=None):
         del shared[key]
     names = compare.parse_variants(sweep_cfg.variants)
     lrs = lr_grid(sweep_cfg.lr_min, sweep_cfg.lr_max, sweep_cfg.lr_points)
-    out_dir = Path(sweep_cfg.out_dir)
-    check_sweep_settings(out_dir / "sweep.json", {**shared, "min_lr_ratio": sweep_cfg.min_lr_ratio})
     runs = {(name, lr): {**compare.run_settings(shared, name), "learning_rate": lr,
                          "min_lr": lr * sweep_cfg.min_lr_ratio} for name in names for lr in lrs}
+    compare.check_runs(runs.values())
+    with train.lock_folder(sweep_cfg.out_dir):
+        return run_sweep(runs, shared, names, lrs, sweep_cfg)
+
+
+def run_sweep(runs, shared, names, lrs, sweep_cfg):
+    """Train the grid's missing runs into out_dir, then summarise every variant."""
+    out_dir = Path(sweep_cfg.out_dir)
+    check_sweep_settings(out_dir / "sweep.json", {**shared, "min_lr_ratio": sweep_cfg.min_lr_ratio})
+    compare.print_settings(shared, names)
     results_path = out_dir / "results.jsonl"
     done = load_results(results_path)
     for (name, lr), settings in runs.items():

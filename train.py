@@ -22,6 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import fcntl  # run-folder locks; Windows has none
+except ImportError:
+    fcntl = None
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -57,13 +62,13 @@ class TrainConfig:
     spike_window: int = opt(100, "rolling window of the loss and grad-norm spike scores (OLMo 2: 1000)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto | float32 | bfloat16 | float16 (autocast precision)")
+    threads: int = opt(0, "CPU threads for PyTorch (0: PyTorch's choice; 1 on a busy machine)")
     compile: str = opt("auto", "torch.compile the model: auto (on for CUDA) | true | false")
     seed: int = opt(1337, "seed for initialisation, data order and dropout")
     progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self):
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"bad value {self.dtype!r} for 'dtype': choose auto, float32, bfloat16 or float16")
+        check_runtime_settings(self.device, self.dtype, self.threads)
         if self.compile not in ("auto", "true", "false"):
             raise ConfigError(f"bad value {self.compile!r} for 'compile': choose auto, true or false")
         for key in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval", "spike_window"):
@@ -71,6 +76,18 @@ class TrainConfig:
                 raise ConfigError(f"'{key}' must be at least 1")
         if self.max_iters < 0 or self.warmup_iters < 0 or self.lr_decay_iters < 0:
             raise ConfigError("max_iters, warmup_iters and lr_decay_iters cannot be negative")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} must be positive")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"min_lr={self.min_lr} must be between 0 and learning_rate={self.learning_rate}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be in [0, 1)")
+        # A negative clip would reverse the gradient; a negative weight decay would grow the weights.
+        if not self.grad_clip >= 0:
+            raise ConfigError(f"grad_clip={self.grad_clip} cannot be negative (0 turns clipping off)")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay={self.weight_decay} cannot be negative")
 
 
 # ---------------------------------------------------------------------------
@@ -109,8 +126,26 @@ class Runtime:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
-def setup_runtime(device="auto", dtype="auto"):
-    """Pick the device and precision, and join the process group under torchrun."""
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_runtime_settings(device, dtype, threads=0):
+    """The device, precision and thread settings every script shares, checked where they are parsed."""
+    kind, _, index = device.partition(":")
+    if not (device in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"bad value {device!r} for 'device': choose auto, cpu, cuda, cuda:N (N a GPU number) "
+                          "or mps")
+    if dtype not in DTYPES:
+        raise ConfigError(f"bad value {dtype!r} for 'dtype': choose {', '.join(DTYPES)}")
+    if threads < 0:
+        raise ConfigError(f"threads={threads} cannot be negative (0: PyTorch's choice)")
+
+
+def setup_runtime(device="auto", dtype="auto", threads=0):
+    """Pick the device, precision and CPU threads, and join the process group under torchrun."""
+    check_runtime_settings(device, dtype, threads)
+    if threads:
+        torch.set_num_threads(threads)
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in
                                (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     if device == "auto":
@@ -266,6 +301,44 @@ def dataset_folder(cfg, runtime):
 
 
 # ---------------------------------------------------------------------------
+# Run folders: one run at a time in each
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lock_folder(folder):
+    """Hold `folder` for this process: a second process that asks for it stops with a message.
+
+    The lock is an flock on `folder/.lock`, which the operating system drops when the process
+    ends, however it ends, so a killed run leaves no stale lock behind (the file stays, with the
+    last holder's PID). Orphaned checkpoint temporaries of a killed run are removed under the
+    lock. Without fcntl (Windows) folders are not locked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ConfigError(f"{folder} is in use by another run (process {holder}): wait for it to end, "
+                              "or choose another folder") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        for name in ("ckpt.pt.tmp", "metrics.jsonl.tmp"):
+            (folder / name).unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------
 # Checkpoints: the one place they are written and read
 # ---------------------------------------------------------------------------
 
@@ -392,6 +465,29 @@ class MetricsLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def start_at(self, step):
+        """Keep only the history up to a checkpoint taken at `step` (None: a new run keeps nothing).
+
+        The steps after the checkpoint, and a divergence among them, are trained again or
+        left behind on resume, so the file holds one run's history, each step once.
+        Rewritten atomically, under the run folder's lock.
+        """
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        if step is not None:
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the last line, cut short by a kill
+                    continue
+                evaluation = "val_loss" in record and not record.get("diverged")
+                if record["step"] < step or (record["step"] == step and evaluation):
+                    kept.append(line + "\n")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+
 
 def rng_state(batches, runtime):
     """Every random state the run depends on, so that --resume continues bit for bit."""
@@ -505,20 +601,19 @@ def train_step(model, optimizer, scaler, micro_batches, runtime, params, grad_cl
     return step_loss, norm.float()
 
 
-def main(argv=None):
-    """Train; returns a summary dict (final and best val loss, steps, whether it diverged)."""
-    model_cfg, cfg, ckpt = load_configs(argv)
-    runtime = setup_runtime(cfg.device, cfg.dtype)
+def prepare_run(model_cfg, cfg):
+    """Check what a run needs from this machine and its data, before any file of the run is written:
+    device, precision, threads, compilation, the number of processes, the dataset (a built-in one is
+    prepared on first use), the vocabulary and the length of each split.
+
+    Returns the runtime, the dataset folder and its meta; vocab_size=0 becomes the dataset's.
+    compare.py and sweep.py call it for every run before they start the first.
+    """
+    runtime = setup_runtime(cfg.device, cfg.dtype, cfg.threads)
     if cfg.grad_accum_steps % runtime.world_size:
         raise ConfigError(f"grad_accum_steps={cfg.grad_accum_steps} must be a multiple of the "
                           f"{runtime.world_size} processes")
-    out_dir = Path(cfg.out_dir)
-    if runtime.master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume and (out_dir / "ckpt.pt").exists():
-            raise ConfigError(f"{out_dir / 'ckpt.pt'} exists: pass --resume to continue it, "
-                              "or choose another --out_dir")
-
+    should_compile(cfg, runtime)
     folder = dataset_folder(cfg, runtime)
     meta = prepare_data.load_meta(folder)
     if ckpt is not None:
@@ -527,6 +622,29 @@ def main(argv=None):
         model_cfg.vocab_size = meta["vocab_size"]
     elif model_cfg.vocab_size < meta["vocab_size"]:
         raise ConfigError(f"vocab_size={model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}")
+    Batches(folder, model_cfg.block_size, cfg.batch_size, runtime, cfg.seed)  # each split holds a window
+    return runtime, folder, meta
+
+
+def main(argv=None, replace=False, quiet=False):
+    """Train; returns a summary dict (final and best val loss, steps, whether it diverged).
+
+    The run folder is locked while the run owns it. replace=True starts over in a folder that
+    holds a run (compare.py --fresh): its checkpoint goes only once every setting has been
+    checked. quiet=True leaves out the config and the closing hints (compare.py and sweep.py
+    print the settings once for all their runs).
+    """
+    model_cfg, cfg, ckpt = load_configs(argv)
+    runtime, folder, meta = prepare_run(model_cfg, cfg)
+    with lock_folder(cfg.out_dir) if runtime.master else contextlib.nullcontext():
+        return run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet)
+
+
+def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
+    out_dir = Path(cfg.out_dir)
+    if runtime.master and not (cfg.resume or replace) and (out_dir / "ckpt.pt").exists():
+        raise ConfigError(f"{out_dir / 'ckpt.pt'} exists: pass --resume to continue it, "
+                          "or choose another --out_dir")
 
     model, optimizer, scaler, batches = build_training(model_cfg, cfg, runtime, folder)
     step, best_val = 0, float("inf")
@@ -539,7 +657,8 @@ def main(argv=None):
         restore_rng(ckpt["rng"], batches, runtime)
     config_dict = to_dict(model_cfg, cfg)
     if runtime.master:
-        print(f"config:\n{format_config(model_cfg, cfg)}")
+        if not quiet:
+            print(f"config:\n{format_config(model_cfg, cfg)}")
         print(f"parameters: {model.num_params() / 1e6:.2f}M ({model.num_params(embeddings=False) / 1e6:.2f}M "
               f"without embeddings); device {runtime.device}, {runtime.dtype}, {runtime.world_size} process(es)")
 
@@ -550,6 +669,9 @@ def main(argv=None):
         model = DDP(model, device_ids=[runtime.local_rank] if runtime.device_type == "cuda" else None)
 
     metrics = MetricsLog(out_dir / "metrics.jsonl", runtime.master)
+    if replace and runtime.master:
+        (out_dir / "ckpt.pt").unlink(missing_ok=True)
+    metrics.start_at(step if ckpt is not None else None)
     tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum_steps
     peak = peak_flops(runtime.device_type, runtime.dtype)
     pending = []  # (step, lr, loss, grad norm) kept on the device until the next flush: no per-step sync
@@ -637,6 +759,10 @@ def main(argv=None):
             diverge(step)
     bar.close()
     summary.update(step=step, best_val_loss=best_val)
+    if runtime.master and not quiet and not summary["diverged"]:
+        print(f"checkpoint: {out_dir / 'ckpt.pt'}, metrics: {out_dir / 'metrics.jsonl'}\n"
+              f"next: python sample.py --out_dir={out_dir}    (text from the model)\n"
+              f"      python analyze.py --checkpoints={out_dir}    (attention sinks, activations, gates)")
     if runtime.world_size > 1:
         dist.destroy_process_group()
     return summary

@@ -107,3 +107,22 @@ def test_cpu_compile_keeps_names_and_leaves_evaluation_eager():
     assert compiled is model and list(model.state_dict()) == keys  # checkpoints load as before
     assert torch.equal(model(idx)[0], before)  # eval mode: the eager forward, nothing compiled
     assert model.generate(idx[:, :1], 12, temperature=0).shape == (2, 13)  # KV cache: eager too
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("--paths=float8/false", "bad value 'float8' for 'dtype'"), ("--paths=float32/maybe", "bad path 'float32/maybe'"),
+    ("--variants=none,sometimes", "bad gate 'sometimes'"), ("--gen_tokens=10,x", "give positive token counts"),
+    ("--steps=-1", "steps=-1 cannot be negative"), ("--device=tpu", "bad value 'tpu' for 'device'"),
+])
+def test_bad_bench_settings_are_one_line(setting, message):
+    with pytest.raises(ConfigError) as err:
+        bench.main([*TINY, setting])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_help_lists_only_the_keys_bench_uses(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--batch_size=" in text and "--max_iters=" not in text and "--eval_interval=" not in text
+    assert "Accepted but ignored here (so that training presets load): out_dir, resume, max_iters" in text

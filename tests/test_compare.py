@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import compare
 import train
@@ -26,9 +27,9 @@ def count_training(monkeypatch):
     """Record the out_dir of every train.main call, still training for real."""
     calls, original = [], train.main
 
-    def counted(argv=None):
+    def counted(argv=None, **kwargs):
         calls.append(next(a for a in argv if a.startswith("--out_dir=")))
-        return original(argv)
+        return original(argv, **kwargs)
 
     monkeypatch.setattr(train, "main", counted)
     return calls
@@ -82,6 +83,9 @@ def test_training_stats_from_a_synthetic_run(tmp_path):
 
     write_metrics(tmp_path / "metrics.jsonl", steps[:20] + evals[:1] + [{"step": 20, "diverged": True}])
     assert compare.training_stats(compare.read_metrics(tmp_path), 100)["diverged_at"] == 20
+    # Resumed past the divergence (from a checkpoint before it): the run recovered.
+    write_metrics(tmp_path / "metrics.jsonl", steps[:20] + [{"step": 20, "diverged": True}] + steps[15:30])
+    assert compare.read_metrics(tmp_path)["diverged"] is None
 
 
 def test_uniform_first_token_attention():
@@ -128,8 +132,30 @@ def test_compare_end_to_end(data_dir, tmp_path, monkeypatch, capsys):
     # Other settings in the same folder stop with a message, unless --fresh retrains.
     with pytest.raises(ConfigError, match="holds a run with other settings \\(max_iters: 10 -> 12\\).*--fresh"):
         compare.main(tiny(data_dir, out, "--variants=none", "--max_iters=12"))
+    # --fresh with a setting that fails only when training starts: nothing is deleted.
+    with pytest.raises(ConfigError, match="no prepared dataset 'nothing'"):
+        compare.main(tiny(data_dir, out, "--variants=none", "--max_iters=12", "--fresh", "--dataset=nothing"))
+    assert len(calls) == 2 and train.load_checkpoint(out / "none" / "ckpt.pt")["step"] == 10
+    capsys.readouterr()
     compare.main(tiny(data_dir, out, "--variants=none", "--max_iters=12", "--fresh"))
     assert len(calls) == 3 and train.load_checkpoint(out / "none" / "ckpt.pt")["step"] == 12
+    assert [r["step"] for r in compare.read_metrics(out / "none")["steps"]] == list(range(12))
+    printed = capsys.readouterr().out
+    assert printed.count("settings of every run:") == 1 and "config:" not in printed
+
+    # A second compare.py on the same folder stops at once.
+    with train.lock_folder(out):
+        with pytest.raises(ConfigError, match=f"{out} is in use by another run"):
+            compare.main(tiny(data_dir, out, "--variants=none", "--max_iters=12"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_fresh_with_a_device_this_machine_lacks_deletes_nothing(data_dir, tmp_path):
+    out = tmp_path / "cmp"
+    compare.main(tiny(data_dir, out, "--variants=none"))
+    with pytest.raises(ConfigError, match="PyTorch sees no CUDA GPU"):
+        compare.main(tiny(data_dir, out, "--variants=none", "--fresh", "--device=cuda"))
+    assert train.load_checkpoint(out / "none" / "ckpt.pt")["step"] == 10
 
 
 def test_an_interrupted_run_is_resumed_then_reused(data_dir, tmp_path, interrupted_after):
@@ -142,3 +168,10 @@ def test_an_interrupted_run_is_resumed_then_reused(data_dir, tmp_path, interrupt
     assert compare.run_variant(settings, run_dir) == "resumed"
     assert train.load_checkpoint(run_dir / "ckpt.pt")["step"] == 10
     assert compare.run_variant(settings, run_dir) == "reused"
+
+
+def test_help_lists_out_dir_once(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--help"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  --out_dir=")]
+    assert rows == [next(r for r in rows if "runs/compare" in r)]

@@ -99,3 +99,26 @@ def test_run_main_turns_config_errors_into_one_line():
     with pytest.raises(SystemExit) as exit_:
         run_main(main, ["--nlayer=3"])
     assert str(exit_.value.code) == "error: unknown key 'nlayer' (did you mean 'n_layer'?)"
+
+
+@dataclass
+class C:
+    name: str = opt("other", "a key B has too")
+    prompt: str = opt("\n", "text with a newline")
+    a_much_longer_key_name: int = opt(0, "long")
+
+
+def test_help_lines_up_lists_each_key_once_and_escapes_newlines(capsys):
+    with pytest.raises(SystemExit):
+        parse_args([A, B, C], ["--help"], prog="x.py", base={"n_layer": 8}, ignored=("steps",))
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("  --")]
+    # Every description starts in the same column.
+    starts = {line.index(help_) for line in rows for help_ in ("layers", "run name", "text with", "load settings")
+              if help_ in line}
+    assert len(starts) == 1
+    assert sum(line.startswith("  --name=") for line in rows) == 1  # B's, the first class with the key
+    assert any(line.startswith("  --prompt='\\n'") for line in rows)  # the newline shown escaped
+    assert any(line.startswith("  --n_layer=8 ") for line in rows)  # the base's default
+    assert not any(line.startswith("  --steps=") for line in rows)
+    assert lines[-1] == "Accepted but ignored here (so that training presets load): steps"

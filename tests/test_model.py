@@ -244,6 +244,9 @@ def test_filter_logits_keeps_exactly_the_right_tokens():
     (dict(gate="headwise", gate_position="output"), "use gate=elementwise"),
     (dict(gate_position="output", gate_heads="shared"), "gate_heads=specific"),
     (dict(gate_mode="additive"), "gate_activation=silu"),
+    (dict(gate="headwise", gate_position="key", qk_norm=True), "the LayerNorm on q and k removes"),
+    (dict(gate="headwise", gate_position="query", qk_norm=True, gate_mode="additive", gate_activation="silu"),
+     "does almost nothing with qk_norm=true"),
     (dict(gate="none", gate_position="value"), "has no effect with gate='none'"),
     (dict(gate="sometimes"), "choose one of none, headwise, elementwise"),
     (dict(n_embd=30, n_head=4), "not divisible"),
@@ -252,6 +255,23 @@ def test_filter_logits_keeps_exactly_the_right_tokens():
 def test_nonsense_configs_are_rejected(kw, message):
     with pytest.raises(ConfigError, match=message):
         tiny(**kw)
+
+
+@pytest.mark.parametrize("gate, barely", [("headwise", True), ("elementwise", False)])
+def test_qk_norm_undoes_a_headwise_key_gate(gate, barely):
+    # Why that combination is refused: built anyway, replacing its gate scores (by 0.5 everywhere,
+    # from zeroed gate weights) moves the logits about 50 times less than an elementwise gate's.
+    config = tiny(gate=gate, gate_position="key")
+    config.qk_norm = True  # past the check
+    torch.manual_seed(0)
+    model = GPT(config).double().eval()
+    idx = torch.randint(VOCAB, (2, 16))
+    before, _ = model(idx, idx)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight[3 * config.n_embd:] = 0
+    after, _ = model(idx, idx)
+    assert ((before - after).abs().max() < 1e-4) == barely
 
 
 def test_sequence_longer_than_block_is_an_error():

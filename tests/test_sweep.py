@@ -47,20 +47,22 @@ def tiny(data_dir, out_dir, *extra):
             *extra]
 
 
-def test_sweep_records_divergence_and_crash_and_skips_finished_runs(data_dir, tmp_path, monkeypatch):
+def test_sweep_records_divergence_and_crash_and_skips_finished_runs(data_dir, tmp_path, monkeypatch, capsys):
     calls, original = [], train.main
 
-    def crashing(argv=None):
+    def crashing(argv=None, **kwargs):
         out_dir = next(a for a in argv if a.startswith("--out_dir="))
         calls.append(out_dir)
         if out_dir.endswith("elementwise/lr_0.001") and len(calls) < 5:
             raise RuntimeError("boom")
-        return original(argv)
+        return original(argv, **kwargs)
 
     monkeypatch.setattr(train, "main", crashing)
     out = tmp_path / "sweep"
     summaries = sweep.main(tiny(data_dir, out))
     assert len(calls) == 4
+    printed = capsys.readouterr().out
+    assert printed.count("settings of every run:") == 1 and "config:" not in printed
     results = sweep.load_results(out / "results.jsonl")
     status = {key: r["status"] for key, r in results.items()}
     # lr 1e4 blows the weights up within a few steps: a non-finite loss, recorded as a divergence.
@@ -86,3 +88,34 @@ def test_sweep_records_divergence_and_crash_and_skips_finished_runs(data_dir, tm
     # Other training settings in the same folder are refused rather than mixed in.
     with pytest.raises(sweep.ConfigError, match="holds a sweep with other settings"):
         sweep.main(tiny(data_dir, out, "--n_embd=32"))
+
+
+def test_a_settings_error_stops_the_sweep_before_anything_is_written(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    with pytest.raises(sweep.ConfigError, match="no prepared dataset 'nothing'"):
+        sweep.main(tiny(data_dir, out, "--dataset=nothing"))
+    assert not out.exists()
+
+    # One that only training finds stops the sweep too, rather than being recorded as a crash.
+    def refusing(argv=None, **kwargs):
+        raise sweep.ConfigError("a setting the run refuses")
+
+    monkeypatch.setattr(train, "main", refusing)
+    with pytest.raises(sweep.ConfigError, match="a setting the run refuses"):
+        sweep.main(tiny(data_dir, out))
+    assert not (out / "results.jsonl").exists()
+    monkeypatch.undo()
+    corrected = tiny(data_dir, out, "--variants=none", "--lr_max=1e-3", "--lr_points=1")
+    with train.lock_folder(out):  # while another sweep holds the folder, this one stops at once
+        with pytest.raises(sweep.ConfigError, match=f"{out} is in use by another run"):
+            sweep.main(corrected)
+    sweep.main(corrected)
+    assert sweep.load_results(out / "results.jsonl")[("none", "0.001")]["status"] == "finished"
+
+
+def test_help_shows_the_sweeps_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--help"])
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split()[0] for r in rows if r.startswith("  --out_dir=")] == ["--out_dir=runs/sweep"]
+    assert any(r.startswith("  --max_iters=300 ") for r in rows)

@@ -31,8 +31,11 @@ def read_metrics(out_dir):
     return records, {r["step"]: r for r in records if "loss" in r}
 
 
-def test_tiny_run_lowers_the_loss_and_writes_everything(data_dir, tmp_path):
+def test_tiny_run_lowers_the_loss_and_writes_everything(data_dir, tmp_path, capsys):
     summary = train.main(args(data_dir, tmp_path, "--max_iters=60", "--eval_interval=30"))
+    printed = capsys.readouterr().out
+    assert f"checkpoint: {tmp_path / 'ckpt.pt'}" in printed
+    assert f"python sample.py --out_dir={tmp_path}" in printed and f"--checkpoints={tmp_path}" in printed
     records, steps = read_metrics(tmp_path)
     evals = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in evals] == [0, 30, 60]
@@ -57,6 +60,10 @@ def test_resumed_run_equals_uninterrupted(data_dir, tmp_path, interrupted_after)
 
     straight, resumed = read_metrics(tmp_path / "straight")[1], read_metrics(tmp_path / "resumed")[1]
     assert sorted(resumed) == list(range(20))
+    # The steps trained after the checkpoint and lost with the interruption were dropped on resume:
+    # the file holds each step once, as the uninterrupted run's does.
+    records = read_metrics(tmp_path / "resumed")[0]
+    assert [r["step"] for r in records] == [r["step"] for r in read_metrics(tmp_path / "straight")[0]]
     assert [straight[s]["loss"] for s in range(20)] == [resumed[s]["loss"] for s in range(20)]
     a = train.load_checkpoint(tmp_path / "straight" / "ckpt.pt")
     b = train.load_checkpoint(tmp_path / "resumed" / "ckpt.pt")
@@ -105,6 +112,14 @@ def test_nonfinite_loss_stops_cleanly_and_keeps_last_good_checkpoint(data_dir, t
     assert ckpt["step"] == 5
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
+    # Resumed (here without the poison, as with a lower learning rate): the divergence after the
+    # checkpoint is dropped from metrics.jsonl with the steps that led to it.
+    monkeypatch.setattr(GPT, "forward", original)
+    summary = train.main([f"--out_dir={tmp_path}", "--resume"])
+    records, steps = read_metrics(tmp_path)
+    assert not summary["diverged"] and not any(r.get("diverged") for r in records)
+    assert [r["step"] for r in records if "loss" in r] == list(range(20))
+
 
 def test_ddp_two_processes_equal_one_process(data_dir, tmp_path):
     common = ["--max_iters=6", "--eval_interval=3", "--grad_accum_steps=2"]
@@ -128,6 +143,87 @@ def test_training_errors(data_dir, tmp_path):
         train.main(args(data_dir, tmp_path, "--max_iters=1"))
     with pytest.raises(ConfigError, match="no checkpoint at"):
         train.main([f"--out_dir={tmp_path / 'empty'}", "--resume"])
+
+
+def test_metrics_keep_the_history_up_to_the_checkpoint(tmp_path):
+    # Steps 0-4, the evaluation the checkpoint at step 5 was taken after, steps 5-6 and a divergence.
+    records = ([{"step": s, "loss": 1.0} for s in range(5)] + [{"step": 5, "val_loss": 2.5}]
+               + [{"step": s, "loss": 1.0} for s in (5, 6)] + [{"step": 7, "diverged": True, "loss": "nan"}])
+    log = train.MetricsLog(tmp_path / "metrics.jsonl", enabled=True)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 8, "lo')
+    log.start_at(5)  # the last line was cut short by a kill
+    kept = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert kept == [{"step": s, "loss": 1.0} for s in range(5)] + [{"step": 5, "val_loss": 2.5}]
+    log.start_at(None)  # a new run in the folder
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("--grad_clip=-1", "grad_clip=-1.0 cannot be negative"),
+    ("--weight_decay=-1", "weight_decay=-1.0 cannot be negative"),
+    ("--learning_rate=-1", "learning_rate=-1.0 must be positive"),
+    ("--min_lr=0.1", "min_lr=0.1 must be between 0 and learning_rate=0.003"),
+    ("--beta1=1.5", "beta1=1.5 must be in [0, 1)"),
+    ("--beta2=-0.1", "beta2=-0.1 must be in [0, 1)"),
+    ("--device=tpu", "bad value 'tpu' for 'device': choose auto, cpu, cuda, cuda:N"),
+    ("--device=cuda:x", "bad value 'cuda:x' for 'device'"),
+    ("--dtype=float8", "bad value 'float8' for 'dtype': choose auto, float32"),
+    ("--threads=-2", "threads=-2 cannot be negative"),
+])
+def test_bad_settings_stop_before_anything_is_written(data_dir, tmp_path, setting, message):
+    with pytest.raises(ConfigError) as err:
+        train.main(args(data_dir, tmp_path / "run", setting))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("--dtype=float8", "bad value 'float8' for 'dtype'"), ("--dtype=int32", "bad value 'int32' for 'dtype'"),
+    ("--device=tpu", "bad value 'tpu' for 'device'"), ("--threads=-1", "threads=-1 cannot be negative"),
+])
+def test_sample_checks_the_same_runtime_settings(tmp_path, setting, message):
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(")):
+        sample.main([f"--out_dir={tmp_path}", setting])
+
+
+def test_threads_setting_sets_pytorchs_thread_count():
+    before = torch.get_num_threads()
+    try:
+        train.setup_runtime("cpu", "float32", threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_locked_run_folder_stops_a_second_run(data_dir, tmp_path):
+    with train.lock_folder(tmp_path):
+        with pytest.raises(ConfigError) as err:
+            train.main(args(data_dir, tmp_path, "--max_iters=1"))
+    assert str(err.value) == (f"{tmp_path} is in use by another run (process {os.getpid()}): "
+                              "wait for it to end, or choose another folder")
+    assert not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
+    train.main(args(data_dir, tmp_path, "--max_iters=1"))  # released: the folder is free again
+    assert (tmp_path / "ckpt.pt").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="run folders are not locked without fcntl")
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, train\n"
+                               "with train.lock_folder(sys.argv[1]):\n"
+                               "    print('held', flush=True)\n    time.sleep(120)", str(tmp_path)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"in use by another run \\(process {holder.pid}\\)"):
+            with train.lock_folder(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / "ckpt.pt.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves it
+    with train.lock_folder(tmp_path):
+        assert not (tmp_path / "ckpt.pt.tmp").exists()
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc")
@@ -157,7 +253,10 @@ def test_sample_streams_text_from_a_checkpoint(data_dir, tmp_path, capsys):
     assert sample.main([*common, "--prompt=ROMEO:", "--top_p=0.9"]) == samples  # seeded
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text("JULIET:")
-    assert len(sample.main([*common, f"--prompt=FILE:{prompt_file}", "--temperature=0"])[0]) == 40
+    capsys.readouterr()
+    greedy = sample.main([*common, f"--prompt=FILE:{prompt_file}", "--temperature=0"])
+    assert len(greedy) == 1 and len(greedy[0]) == 40  # the 2 samples would be identical: one is drawn
+    assert "note: temperature=0 always picks the most likely token" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="'Z'"):
         sample.main([*common, "--prompt=ZEBRA"])
     with pytest.raises(ConfigError, match="prompt file"):
