@@ -601,12 +601,13 @@ def train_step(model, optimizer, scaler, micro_batches, runtime, params, grad_cl
     return step_loss, norm.float()
 
 
-def prepare_run(model_cfg, cfg):
+def prepare_run(model_cfg, cfg, ckpt=None):
     """Check what a run needs from this machine and its data, before any file of the run is written:
     device, precision, threads, compilation, the number of processes, the dataset (a built-in one is
     prepared on first use), the vocabulary and the length of each split.
 
-    Returns the runtime, the dataset folder and its meta; vocab_size=0 becomes the dataset's.
+    Returns the runtime, the dataset folder and its meta; vocab_size=0 becomes the dataset's. With the
+    checkpoint `ckpt` of a run to resume, the dataset must be the one it was trained on.
     compare.py and sweep.py call it for every run before they start the first.
     """
     runtime = setup_runtime(cfg.device, cfg.dtype, cfg.threads)
@@ -635,7 +636,7 @@ def main(argv=None, replace=False, quiet=False):
     print the settings once for all their runs).
     """
     model_cfg, cfg, ckpt = load_configs(argv)
-    runtime, folder, meta = prepare_run(model_cfg, cfg)
+    runtime, folder, meta = prepare_run(model_cfg, cfg, ckpt)
     with lock_folder(cfg.out_dir) if runtime.master else contextlib.nullcontext():
         return run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet)
 
