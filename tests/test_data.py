@@ -89,7 +89,7 @@ def test_dtype_follows_vocab_size(tmp_path, monkeypatch):
         def encode(self, text):
             return [99_999 - ord(c) for c in text]
 
-    monkeypatch.setattr(prepare_data, "make_tokenizer", lambda name, text: BigVocab())
+    monkeypatch.setattr(prepare_data, "make_tokenizer", lambda name, chars, bos: BigVocab())
     source = write(tmp_path / "text.txt", TEXT)
     folder = prepare(DataConfig(dataset="big", source=str(source), data_dir=str(tmp_path)))
     meta = load_meta(folder)
@@ -301,3 +301,127 @@ def test_tinyshakespeare_download_failure_is_clear(tmp_path, monkeypatch):
                                           r"pass --source=path/to/input.txt"):
         prepare(DataConfig(dataset="tinyshakespeare", data_dir=str(tmp_path)))
     assert not (tmp_path / "tinyshakespeare").exists()
+
+
+# ---------------------------------------------------------------------------
+# Documents: a BOS token at each document start
+# ---------------------------------------------------------------------------
+
+def eot_encoding():
+    """tiny_encoding with GPT-2's <|endoftext|> special token."""
+    enc = tiny_encoding()
+    return tiktoken.Encoding(name="tiny_eot", pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
+                             special_tokens={"<|endoftext|>": 260})
+
+
+@pytest.fixture
+def eot_tiktoken(monkeypatch):
+    encodings = {"tiny": tiny_encoding, "tiny_eot": eot_encoding}
+    monkeypatch.setattr(prepare_data, "get_tiktoken_encoding", lambda name: encodings[name]())
+
+
+def all_ids(folder):
+    meta = load_meta(folder)
+    return meta, np.concatenate([read_split(folder, meta, "train"), read_split(folder, meta, "val")])
+
+
+def documents_in(folder):
+    """The decoded documents of a prepared dataset, split at its BOS tokens."""
+    meta, ids = all_ids(folder)
+    tokenizer, bos = tokenizer_from_meta(meta), meta["bos_token"]
+    assert ids[0] == bos  # the stream starts with a document
+    starts = list(np.flatnonzero(ids == bos)) + [len(ids)]
+    return [tokenizer.decode(ids[a + 1:b]) for a, b in zip(starts, starts[1:])]
+
+
+def test_documents_file_starts_each_file_with_bos(tmp_path):
+    source = tmp_path / "notes"
+    for name, text in [("a.txt", "\nalpha one\n\nalpha two\n"), ("b.txt", "bravo\n"), ("c.txt", "charlie\n\n\n"),
+                       ("d.txt", "delta\n"), ("e.txt", "\n\n")]:
+        write(source / name, text)
+    folder = prepare(DataConfig(dataset="notes", source=str(source), data_dir=str(tmp_path), documents="file",
+                                val_fraction=0.3))
+    meta, ids = all_ids(folder)
+    chars = sorted(set("alpha one\n\nalpha two\nbravo\ncharlie\ndelta\n"))
+    assert meta["chars"] == chars and meta["bos_token"] == len(chars) and meta["vocab_size"] == len(chars) + 1
+    assert meta["documents"] == "file" and meta["num_documents"] == 4  # the blank file is left out
+    # The same text as without documents (files joined by blank lines), with a BOS before each file.
+    # (the blank last file, left out, would have added the closing line break)
+    assert documents_in(folder) == ["alpha one\n\nalpha two\n\n", "bravo\n\n", "charlie\n\n", "delta\n\n"]
+    assert decoded(folder) == "alpha one\n\nalpha two\n\nbravo\n\ncharlie\n\ndelta\n\n"
+    # The val split starts at a document start: the first one after 70% of the tokens.
+    val = read_split(folder, meta, "val")
+    assert val[0] == meta["bos_token"] and meta["train_tokens"] >= int(len(ids) * 0.7)
+    assert tokenizer_from_meta(meta).decode(val) == "delta\n\n"
+
+
+def test_documents_block_and_the_split_rule(tmp_path):
+    source = write(tmp_path / "text.txt", "\n\nfirst block\nstill first\n\n \t\nsecond\n\n\nthird\n")
+    folder = prepare(DataConfig(dataset="b", source=str(source), data_dir=str(tmp_path), documents="block"))
+    # Blocks are separated by blank lines (spaces allowed); the leading blank lines are no document.
+    assert documents_in(folder) == ["first block\nstill first\n\n \t\n", "second\n\n\n", "third\n"]
+    meta = load_meta(folder)
+    # 10% of the tokens fall inside the last document, and there is no later one: val starts at it.
+    assert tokenizer_from_meta(meta).decode(read_split(folder, meta, "val")) == "third\n"
+    single = write(tmp_path / "one.txt", "just one document, no blank line\n")
+    with pytest.raises(ConfigError, match="the source is a single document: cannot split it"):
+        prepare(DataConfig(dataset="one", source=str(single), data_dir=str(tmp_path), documents="block"))
+
+
+def test_documents_in_the_plays(tmp_path):
+    write(tmp_path / "plays" / "a.md", PLAY)
+    write(tmp_path / "plays" / "b.md", PLAY.replace("RODERIGO", "CASSIO"))
+    source, text = str(tmp_path / "plays"), EXPECTED + "\n\n" + EXPECTED.replace("RODERIGO", "CASSIO") + "\n"
+    found = {}
+    for unit in ("file", "scene", "block"):
+        folder = prepare(DataConfig(source=source, data_dir=str(tmp_path / unit), documents=unit))
+        found[unit] = documents_in(folder)
+        assert "".join(found[unit]) == text  # the same text, cut at different places
+    assert len(found["file"]) == 2 and found["file"][0] == EXPECTED + "\n\n"
+    assert len(found["scene"]) == 4 and found["scene"][1] == EXPECTED[EXPECTED.index("OTHELLO"):] + "\n\n"
+    assert len(found["block"]) == 6 and found["block"][:3] == [s + "\n\n" for s in EXPECTED.split("\n\n")]
+    assert prepare_data.play_to_text(PLAY) == "\n\n".join(prepare_data.play_to_scenes(PLAY))
+    with pytest.raises(ConfigError, match="documents=scene needs the shakespeare plays"):
+        DataConfig(dataset="mine", documents="scene")
+    with pytest.raises(ConfigError, match="bad value 'speech' for 'documents': choose none, file, block, scene"):
+        DataConfig(documents="speech")
+
+
+def test_documents_with_tiktoken_use_endoftext(tmp_path, eot_tiktoken):
+    source = tmp_path / "notes"
+    write(source / "a.txt", "the thin theme\n")
+    write(source / "b.txt", "Plain <|endoftext|> in a file is text.\n")
+    folder = prepare(DataConfig(dataset="bpe", source=str(source), tokenizer="tiny_eot", data_dir=str(tmp_path),
+                                documents="file", val_fraction=0.2))
+    meta, ids = all_ids(folder)
+    assert meta["bos_token"] == 260 and meta["vocab_size"] == 261 and list(ids).count(260) == 2
+    tokenizer = tokenizer_from_meta(meta)
+    # BOS decodes to the visible "<|endoftext|>"; the same characters in text or a prompt stay plain text.
+    assert tokenizer.decode(ids) == ("<|endoftext|>the thin theme\n\n"
+                                     "<|endoftext|>Plain <|endoftext|> in a file is text.\n")
+    assert 260 not in tokenizer.encode("a prompt with <|endoftext|>")
+    with pytest.raises(ConfigError, match="tokenizer 'tiny' has no <|endoftext|> token to mark documents with"):
+        prepare(DataConfig(dataset="bpe2", source=str(source), tokenizer="tiny", data_dir=str(tmp_path),
+                           documents="file"))
+    assert not (tmp_path / "bpe2").exists()
+
+
+def test_char_bos_decodes_to_nothing_and_no_text_encodes_to_it():
+    tokenizer = prepare_data.CharTokenizer(["\n", "a", "b"], bos=True)
+    assert (tokenizer.bos_token, tokenizer.vocab_size) == (3, 4)
+    assert tokenizer.decode([3, 1, 2, 0, 3, 2]) == "ab\nb"
+    assert 3 not in tokenizer.encode("ab\nba")
+    plain = prepare_data.CharTokenizer(["\n", "a", "b"])
+    assert (plain.bos_token, plain.vocab_size) == (None, 3)
+
+
+def test_documents_none_is_the_text_as_before(tmp_path):
+    source = write(tmp_path / "text.txt", TEXT)
+    plain = prepare(DataConfig(dataset="plain", source=str(source), data_dir=str(tmp_path)))
+    blocks = prepare(DataConfig(dataset="blocks", source=str(source), data_dir=str(tmp_path), documents="block"))
+    meta, ids = all_ids(plain)
+    assert "bos_token" not in meta and meta["documents"] == "none"
+    assert np.array_equal(ids, prepare_data.CharTokenizer(sorted(set(TEXT))).encode(TEXT))
+    bos_meta, bos_ids = all_ids(blocks)
+    assert np.array_equal(bos_ids[bos_ids != bos_meta["bos_token"]], ids)  # the same ids, plus the BOS tokens
+    assert bos_meta["num_documents"] == 21 == TEXT.count("\n\n") + 1
