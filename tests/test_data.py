@@ -79,15 +79,17 @@ def test_tiktoken_round_trip(tmp_path, tiny_tiktoken):
     assert decoded(folder) == source.read_text()
 
 
+class BigVocab(prepare_data.Tokenizer):
+    """A tokenizer whose ids do not fit in uint16."""
+    name, vocab_size = "big", 100_000
+
+    def encode(self, text):
+        return [99_999 - ord(c) for c in text]
+
+
 def test_dtype_follows_vocab_size(tmp_path, monkeypatch):
     assert prepare_data.token_dtype(65536) == "uint16"
     assert prepare_data.token_dtype(65537) == "uint32"
-
-    class BigVocab(prepare_data.Tokenizer):  # a tokenizer whose ids do not fit in uint16
-        name, vocab_size = "big", 100_000
-
-        def encode(self, text):
-            return [99_999 - ord(c) for c in text]
 
     monkeypatch.setattr(prepare_data, "make_tokenizer", lambda name, chars, bos: BigVocab())
     source = write(tmp_path / "text.txt", TEXT)
@@ -139,25 +141,21 @@ def test_failed_run_keeps_the_previous_dataset(tmp_path, monkeypatch):
     good = snapshot(folder)
     write(source, TEXT + "new text that needs a rewrite\n")
 
-    real_write_temp, calls = prepare_data.write_temp, []
+    def split_off_then_fail(path, val_path, at_byte):
+        val_path.write_bytes(b"half")  # the val file was started when the disk filled up
+        raise OSError("disk full")
 
-    def write_temp_then_fail(folder, name, data):
-        calls.append(name)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return real_write_temp(folder, name, data)
-
-    monkeypatch.setattr(prepare_data, "write_temp", write_temp_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        prepare(cfg)
-    assert calls == ["train.bin", "val.bin"]  # the first file was written before the failure
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_data, "split_off", split_off_then_fail)
+        with pytest.raises(OSError, match="disk full"):
+            prepare(cfg)
     assert snapshot(folder) == good  # untouched, and no temporary files left behind
 
-    def failing_encode(self, text):
+    def failing_encode(self, texts):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(prepare_data.CharTokenizer, "encode", failing_encode)
-    with pytest.raises(RuntimeError, match="boom"):
+    monkeypatch.setattr(prepare_data.CharTokenizer, "encode_batch", failing_encode)
+    with pytest.raises(RuntimeError, match="boom"):  # raised in a worker process, passed on
         prepare(cfg)
     assert snapshot(folder) == good
 
@@ -169,7 +167,7 @@ def test_errors_are_clear(tmp_path, monkeypatch):
         prepare(DataConfig(dataset="mine", source=str(tmp_path / "nowhere"), data_dir=str(tmp_path)))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ConfigError, match="has no .txt or .md files"):
+    with pytest.raises(ConfigError, match=r"has no .txt, .md or .jsonl\(.gz\) files"):
         prepare(DataConfig(dataset="mine", source=str(empty), data_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match=r"unknown tokenizer 'nope': use char or a tiktoken encoding \(.*gpt2"):
         prepare(DataConfig(dataset="mine", source=str(empty), tokenizer="nope", data_dir=str(tmp_path)))
@@ -383,7 +381,7 @@ def test_documents_in_the_plays(tmp_path):
     assert prepare_data.play_to_text(PLAY) == "\n\n".join(prepare_data.play_to_scenes(PLAY))
     with pytest.raises(ConfigError, match="documents=scene needs the shakespeare plays"):
         DataConfig(dataset="mine", documents="scene")
-    with pytest.raises(ConfigError, match="bad value 'speech' for 'documents': choose none, file, block, scene"):
+    with pytest.raises(ConfigError, match="bad value 'speech' for 'documents': choose none, file, record, block, scene"):
         DataConfig(documents="speech")
 
 
