@@ -401,7 +401,7 @@ def local_source(source, text_field):
         raise ConfigError(f"source folder '{path}' mixes text (.txt/.md) and JSON Lines files: give one kind")
     if records:
         def segments():
-            return joined([without_edge_line_breaks([text])] for p in records for text in jsonl_records(p, text_field))
+            return joined(without_edge_line_breaks([text]) for p in records for text in jsonl_records(p, text_field))
         return Source(segments, f"{len(records)} JSON Lines files from {path}" if path.is_dir() else str(path),
                       "jsonl", file_fingerprint("jsonl", records, text_field))
     if not texts:
@@ -429,7 +429,7 @@ def hf_source(name, cfg: DataConfig):
             raise ConfigError(f"could not stream {where} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
                               "check the name, --hf_config, --hf_split and the network") from None
     fingerprint = hashlib.sha256(json.dumps(["hf", name, cfg.hf_config, cfg.hf_split, cfg.text_field]).encode())
-    return Source(lambda: joined([without_edge_line_breaks([text])] for text in records()), where, "hf",
+    return Source(lambda: joined(without_edge_line_breaks([text]) for text in records()), where, "hf",
                   fingerprint.hexdigest(), hashable=False)
 
 

@@ -1,6 +1,13 @@
 """prepare_data.py: sources, tokenizers, the files it writes, and its errors. CPU only, no network."""
 
+import gzip
 import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -423,3 +430,220 @@ def test_documents_none_is_the_text_as_before(tmp_path):
     bos_meta, bos_ids = all_ids(blocks)
     assert np.array_equal(bos_ids[bos_ids != bos_meta["bos_token"]], ids)  # the same ids, plus the BOS tokens
     assert bos_meta["num_documents"] == 21 == TEXT.count("\n\n") + 1
+
+
+# ---------------------------------------------------------------------------
+# Streaming: any size in batches, worker processes, atomic and idempotent
+# ---------------------------------------------------------------------------
+
+def corpus(folder):
+    """A few files of blank-line-separated paragraphs, some longer than a small batch."""
+    words = "the thin theme in them is nothing but a breath , and 'tis 42 ".split()
+    rng = np.random.default_rng(0)
+    texts = []
+    for i in range(5):
+        paragraphs = [" ".join(rng.choice(words, rng.integers(3, 60))) + ".\n" + " ".join(rng.choice(words, 9))
+                      for _ in range(rng.integers(1, 6))]
+        texts.append(write(folder / f"{i}.txt", "\n\n".join(paragraphs) + "\n").read_text())
+    return texts
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "tiny_eot"])
+@pytest.mark.parametrize("unit", ["none", "file", "block"])
+def test_streaming_equals_encoding_in_memory(tmp_path, monkeypatch, eot_tiktoken, tokenizer, unit):
+    texts = corpus(tmp_path / "src")
+    whole = "\n\n".join(t.strip("\n") for t in texts) + "\n"
+    cfg = dict(dataset="s", source=str(tmp_path / "src"), tokenizer=tokenizer, documents=unit, val_fraction=0.25)
+    in_one_batch = prepare(DataConfig(**cfg, data_dir=str(tmp_path / "one"), workers=1))
+    monkeypatch.setattr(prepare_data, "BATCH_CHARS", 50)  # dozens of batches, documents cut across them
+    streamed = prepare(DataConfig(**cfg, data_dir=str(tmp_path / "streamed"), workers=2))
+    assert snapshot(streamed) == snapshot(in_one_batch)  # byte-identical bins and meta
+
+    # ... and both equal the whole text (or each document) encoded at once, in memory.
+    meta, ids = all_ids(streamed)
+    tokenizer_ = tokenizer_from_meta(meta)
+    if unit == "none":
+        expected = tokenizer_.encode(whole)
+    else:
+        docs = [t.strip("\n") + "\n\n" for t in texts] if unit == "file" else prepare_data.split_blocks(whole)
+        docs[-1] = docs[-1].rstrip("\n") + "\n"
+        expected = [i for doc in docs for i in [tokenizer_.bos_token] + list(tokenizer_.encode(doc))]
+    assert ids.tolist() == list(expected)
+    assert meta["train_tokens"] + meta["val_tokens"] == len(expected) and meta["characters"] == len(whole)
+
+
+def test_max_tokens_takes_the_first_tokens(tmp_path, monkeypatch):
+    source = write(tmp_path / "text.txt", TEXT)
+    monkeypatch.setattr(prepare_data, "BATCH_CHARS", 100)
+    folder = prepare(DataConfig(dataset="t", source=str(source), data_dir=str(tmp_path), max_tokens=1000,
+                                documents="block", workers=2))
+    meta, ids = all_ids(folder)
+    assert len(ids) == 1000 and meta["max_tokens"] == 1000
+    full = prepare(DataConfig(dataset="full", source=str(source), data_dir=str(tmp_path), documents="block"))
+    assert np.array_equal(ids, all_ids(full)[1][:1000])
+    assert meta["num_documents"] == np.count_nonzero(ids == meta["bos_token"])
+
+
+def write_jsonl(path, records, opener=open):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with opener(path, "wt", encoding="utf-8") as f:
+        for record in records:
+            f.write((json.dumps(record) if not isinstance(record, str) else record) + "\n")
+    return path
+
+
+def test_jsonl_source(tmp_path):
+    dump = tmp_path / "dump"
+    write_jsonl(dump / "a.jsonl", [{"body": "first record\n", "id": 1}, "", {"body": "second\nrecord"}])
+    write_jsonl(dump / "b.jsonl.gz", [{"body": "third, gzipped \u00e9"}], opener=gzip.open)
+    folder = prepare(DataConfig(dataset="web", source=str(dump), data_dir=str(tmp_path), text_field="body",
+                                documents="record", val_fraction=0.2))
+    meta = load_meta(folder)
+    assert meta["source"] == f"2 JSON Lines files from {dump}" and meta["num_documents"] == 3
+    assert documents_in(folder) == ["first record\n\n", "second\nrecord\n\n", "third, gzipped \u00e9\n"]
+    plain = prepare(DataConfig(dataset="web2", source=str(dump / "a.jsonl"), data_dir=str(tmp_path),
+                               text_field="body"))
+    assert decoded(plain) == "first record\n\nsecond\nrecord\n"
+
+
+def test_jsonl_errors_are_clear(tmp_path):
+    def attempt(records, **settings):
+        source = write_jsonl(tmp_path / "bad.jsonl", records)
+        return prepare(DataConfig(dataset="bad", source=str(source), data_dir=str(tmp_path), **settings))
+
+    with pytest.raises(ConfigError, match=r"bad.jsonl line 2 is not valid JSON: give one JSON object per line"):
+        attempt([{"text": "ok"}, "{not json"])
+    with pytest.raises(ConfigError, match=r"bad.jsonl line 1 has no 'text' field: set --text_field"):
+        attempt([{"content": "no text field"}])
+    with pytest.raises(ConfigError, match=r"line 1: 'text' is not a string"):
+        attempt([{"text": 3}])
+    with pytest.raises(ConfigError, match=r"documents=file does not apply to .*bad.jsonl: choose none, record, block"):
+        attempt([{"text": "ok"}], documents="file")
+    write(tmp_path / "mixed" / "a.txt", "text")
+    write_jsonl(tmp_path / "mixed" / "b.jsonl", [{"text": "json"}])
+    with pytest.raises(ConfigError, match="mixes text .* and JSON Lines files: give one kind"):
+        prepare(DataConfig(dataset="mixed", source=str(tmp_path / "mixed"), data_dir=str(tmp_path)))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "mixed" / "mixed").exists()
+
+
+def test_hf_source_without_datasets_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(SystemExit, match=r"^error: --source=hf:org/corpus needs the Hugging Face datasets package: "
+                                         r"pip install datasets$"):
+        run_main(prepare_data.main, ["--dataset=web", "--source=hf:org/corpus", f"--data_dir={tmp_path}"])
+
+
+def test_hf_source_streams_records(tmp_path, monkeypatch, eot_tiktoken):
+    calls = []
+
+    def load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        return iter([{"text": f"record {i} is the thin theme\n"} for i in range(1000)])  # a stream, not a list
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    folder = prepare(DataConfig(dataset="web", source="hf:org/corpus", hf_config="sample", tokenizer="tiny_eot",
+                                documents="record", max_tokens=500, data_dir=str(tmp_path)))
+    meta, ids = all_ids(folder)
+    assert calls == [("org/corpus", "sample", "train", True)]
+    assert len(ids) == 500 and meta["bos_token"] == 260 and meta["source"] == "hf:org/corpus (sample), split train"
+    assert documents_in(folder)[:2] == ["record 0 is the thin theme\n\n", "record 1 is the thin theme\n\n"]
+
+    # The same dataset name, configuration, split and limit: up to date, without streaming again.
+    assert prepare(DataConfig(dataset="web", source="hf:org/corpus", hf_config="sample", tokenizer="tiny_eot",
+                              documents="record", max_tokens=500, data_dir=str(tmp_path))) == folder
+    assert len(calls) == 1
+
+    def broken(name, config, split, streaming):
+        raise FileNotFoundError("Dataset 'org/nothing' doesn't exist on the Hub\nmore lines")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=broken))
+    with pytest.raises(ConfigError, match=r"could not stream hf:org/nothing, split train \(FileNotFoundError: "
+                                          r"Dataset 'org/nothing' doesn't exist on the Hub\): check the name"):
+        prepare(DataConfig(dataset="web2", source="hf:org/nothing", data_dir=str(tmp_path)))
+
+
+def test_unchanged_source_is_not_tokenized_again(tmp_path, monkeypatch, eot_tiktoken, capsys):
+    texts = corpus(tmp_path / "src")
+    cfg = DataConfig(dataset="s", source=str(tmp_path / "src"), tokenizer="tiny_eot", data_dir=str(tmp_path))
+    folder = prepare(cfg)
+    first = snapshot(folder)
+
+    def no_tokenizing(self, texts):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(prepare_data.TiktokenTokenizer, "encode_batch", no_tokenizing)
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_data, "scan", lambda *args: pytest.fail("read again"))
+        prepare(cfg)  # same files, sizes and times: not even read
+    os.utime(tmp_path / "src" / "0.txt")  # touched, same text: read and hashed, not tokenized
+    prepare(cfg)
+    assert capsys.readouterr().out.count("is up to date") == 2 and snapshot(folder) == first
+
+    write(tmp_path / "src" / "0.txt", texts[0] + "more\n")  # changed: tokenized again
+    with pytest.raises(AssertionError, match="tokenized again"):
+        prepare(cfg)
+    assert snapshot(folder) == first
+
+
+KILLED_RUN = """
+import os, signal, sys
+import prepare_data
+when = sys.argv[1]
+if when == "tokenizing":  # killed after the first batch's ids are written
+    real = prepare_data.encoded
+    def encoded(*args):
+        for i, item in enumerate(real(*args)):
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield item
+    prepare_data.encoded = encoded
+else:  # killed between the renames of train.bin and val.bin
+    real_replace = os.replace
+    def replace(a, b):
+        if str(b).endswith("val.bin"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(a, b)
+    os.replace = replace
+prepare_data.BATCH_CHARS = 100
+prepare_data.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("when", ["tokenizing", "renaming"])
+def test_killed_run_leaves_the_old_dataset_or_none(tmp_path, when, capsys):
+    source = write(tmp_path / "text.txt", TEXT)
+    args = ["--dataset=tiny", f"--source={source}", f"--data_dir={tmp_path}", "--workers=1"]
+    folder = prepare(DataConfig(dataset="tiny", source=str(source), data_dir=str(tmp_path)))
+    good = snapshot(folder)
+    write(source, TEXT.replace("speak", "SPEAK"))
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, when, *args], cwd=Path(prepare_data.__file__).parent,
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = snapshot(folder)
+    orphans = [name for name in left if name.endswith(".tmp")]
+    assert orphans and all(name.startswith(".") for name in orphans)
+    if when == "tokenizing":
+        assert {k: v for k, v in left.items() if k not in orphans} == good  # the old dataset, whole
+        assert load_meta(folder) == json.loads(good["meta.json"])
+    else:
+        assert not prepare_data.is_prepared(folder)  # no meta.json: no dataset, never half of one
+        with pytest.raises(ConfigError, match="no prepared data"):
+            load_meta(folder)
+
+    capsys.readouterr()
+    prepare(DataConfig(dataset="tiny", source=str(source), data_dir=str(tmp_path)))  # cleans up and redoes it
+    assert "left by an interrupted run" in capsys.readouterr().out
+    assert sorted(snapshot(folder)) == ["meta.json", "train.bin", "val.bin"]
+    assert decoded(folder) == source.read_text()
+
+
+def test_orphans_are_removed_only_when_their_process_is_gone(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    gone = 2 ** 22 + 1  # above Linux's largest pid
+    running = os.getppid()
+    for name in (f".train.bin.{gone}.tmp", f".val.bin.{running}.tmp", f".train.bin.{os.getpid()}.tmp", "notes.tmp"):
+        write(folder / name, "x")
+    prepare_data.remove_orphans(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [f".train.bin.{os.getpid()}.tmp", f".val.bin.{running}.tmp",
+                                                        "notes.tmp"]
