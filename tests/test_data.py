@@ -1,5 +1,6 @@
 """prepare_data.py: sources, tokenizers, the files it writes, and its errors. CPU only, no network."""
 
+import base64
 import gzip
 import importlib.util
 import json
@@ -176,7 +177,8 @@ def test_errors_are_clear(tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(ConfigError, match=r"has no .txt, .md or .jsonl\(.gz\) files"):
         prepare(DataConfig(dataset="mine", source=str(empty), data_dir=str(tmp_path)))
-    with pytest.raises(ConfigError, match=r"unknown tokenizer 'nope': use char or a tiktoken encoding \(.*gpt2"):
+    with pytest.raises(ConfigError, match=r"unknown tokenizer 'nope': use char, a .tiktoken file or a tiktoken "
+                                          r"encoding \(.*gpt2"):
         prepare(DataConfig(dataset="mine", source=str(empty), tokenizer="nope", data_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="no prepared data in .*mine: run python prepare_data.py --dataset=mine"):
         load_meta(tmp_path / "mine")
@@ -647,3 +649,20 @@ def test_orphans_are_removed_only_when_their_process_is_gone(tmp_path):
     prepare_data.remove_orphans(folder)
     assert sorted(p.name for p in folder.iterdir()) == [f".train.bin.{os.getpid()}.tmp", f".val.bin.{running}.tmp",
                                                         "notes.tmp"]
+
+
+def test_tiktoken_file_tokenizer(tmp_path):
+    ranks = tiny_encoding()._mergeable_ranks
+    bpe = write(tmp_path / "bpe.tiktoken", "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items()))
+    source = write(tmp_path / "text.txt", TEXT)
+    folder = prepare(DataConfig(dataset="f", source=str(source), tokenizer=str(bpe), data_dir=str(tmp_path),
+                                documents="block"))
+    meta, ids = all_ids(folder)
+    assert meta["tokenizer"] == str(bpe) and meta["bos_token"] == 260 and meta["vocab_size"] == 261
+    assert ids.max() == 260 and 256 <= ids[ids < 260].max()  # BOS, and the merges were used
+    assert decoded(folder) == "<|endoftext|>" + TEXT.replace("\n\nAll", "\n\n<|endoftext|>All")
+    with pytest.raises(ConfigError, match="tokenizer file '.*missing.tiktoken' not found"):
+        prepare_data.get_tiktoken_encoding(str(tmp_path / "missing.tiktoken"))
+    write(tmp_path / "bad.tiktoken", "not base64! 1\n")
+    with pytest.raises(ConfigError, match="'.*bad.tiktoken' is not a tiktoken BPE file"):
+        prepare_data.get_tiktoken_encoding(str(tmp_path / "bad.tiktoken"))
