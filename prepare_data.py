@@ -456,7 +456,8 @@ def hf_source(name, cfg: DataConfig):
         except ConfigError:
             raise
         except Exception as e:  # network, unknown names, missing splits: many kinds of errors
-            raise ConfigError(f"could not stream {where} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+            first_line = (str(e).splitlines() or [""])[0]
+            raise ConfigError(f"could not stream {where} ({type(e).__name__}: {first_line}): "
                               "check the name, --hf_config, --hf_split and the network") from None
     fingerprint = hashlib.sha256(json.dumps(["hf", name, cfg.hf_config, cfg.hf_split, cfg.text_field]).encode())
     return Source(lambda: joined(without_edge_line_breaks([text]) for text in records()), where, "hf",
@@ -824,10 +825,10 @@ def prepare(cfg: DataConfig) -> Path:
     # Up to date: the same settings, and the same source files (paths, sizes, times) or the same text.
     old, text_sha256, chars = previous_meta(folder, cfg), None, set()
     if old and source.fingerprint and old.get("source_fingerprint") == source.fingerprint:
-        text_sha256 = old["source_sha256"]
+        text_sha256 = old.get("source_sha256")
     elif cfg.tokenizer == "char" or (old and source.hashable and not cfg.max_tokens):
         text_sha256, chars = scan(text_batches(), cfg.max_tokens)
-    if old and text_sha256 == old["source_sha256"]:
+    if old and text_sha256 == old.get("source_sha256"):
         print(f"{folder} is up to date (same source, {', '.join(f'{k}={getattr(cfg, k)}' for k in SETTINGS)})")
         return folder
 
