@@ -6,6 +6,7 @@
     python bench.py --config=configs/tinyshakespeare_cpu.toml    # the shape and batch of any training preset
     python bench.py --variants=none,headwise,elementwise --tables=gate
     python bench.py --speedrun       # configs/speedrun_cpu.toml against nanoGPT's fp32 eager CPU recipe
+    python bench.py --prepare        # prepare_data.py on a generated 1 GB corpus against tiktoken's own speed
 
 Training is timed on train.py's own step (train.train_step: forward, backward,
 gradient clipping, AdamW) with batches drawn by train.Batches from the prepared
@@ -19,6 +20,13 @@ GPU check (GPT-2 124M, context 1024, bf16, compiled, flash attention; the
 target is an MFU of at least 45% on H100/H200-class GPUs):
 
     python bench.py --preset=gpt2 --tables=train --paths=default
+
+Data preparation (--prepare): a JSON Lines corpus of --prepare_mb MB (records of 4 to 40 random
+speeches of the plays) is generated, then tiktoken's encode_ordinary_batch (one thread per core)
+encodes the first --prepare_reference_mb MB of it, half before and half after `prepare_data.py
+--documents=record` prepares the whole corpus with the same BPE in a subprocess (gpt2 when it
+loads, else a byte-level BPE trained on the plays). It reports MB of text per second of wall time
+and per CPU-second for both, and the peak resident memory of prepare_data.py and its workers.
 
 Tables:
   train     the default path (dtype=auto, compile=auto, as train.py picks them
@@ -610,16 +618,14 @@ def reference_throughput(encoding, texts, threads):
 
 
 def process_tree(pid):
-    """A process and all its descendants, from /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    tree, grown = {pid}, True
-    while grown:
-        more = {child for child, parent in parents.items() if parent in tree}
-        grown, tree = bool(more - tree), tree | more
+    """A process and all its descendants, from /proc (each thread's list of children)."""
+    tree, todo = set(), [pid]
+    while todo:
+        member = todo.pop()
+        tree.add(member)
+        for task in Path(f"/proc/{member}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                todo += [int(child) for child in (task / "children").read_text().split()]
     return tree
 
 
@@ -636,7 +642,7 @@ def memory_of(pid):
 
 def run_watched(command, cwd):
     """Run a command; its wall time, CPU time (its own and its children's), the peak of its process
-    tree's resident memory taken together (sampled every 0.5 s), and the sum of each process's own
+    tree's resident memory taken together (sampled every 0.1 s), and the sum of each process's own
     peak (VmHWM, exact per process; their sum bounds the tree's peak from above)."""
     import resource
     import threading
@@ -652,7 +658,7 @@ def run_watched(command, cwd):
                 now += rss
                 peaks[pid] = max(peaks.get(pid, 0.0), hwm)
             together[0] = max(together[0], now)
-            time.sleep(0.5)
+            time.sleep(0.1)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     output = process.communicate()[0]
@@ -711,7 +717,7 @@ def prepare_bench(train_cfg, bench_cfg, log):
              f"  {'prepare_data.py, the whole command, ' + format(wall, ',.0f') + ' s':<46} {ours:>7.2f} "
              f"{ours / reference:>5.2f}x {ours_cpu:>9.2f} {ours_cpu / reference_cpu:>5.2f}x",
              f"  peak resident memory of prepare_data.py and its workers: {together:,.0f} MiB together (sampled "
-             f"every 0.5 s); {summed:,.0f} MiB summing each process's own peak (an upper bound)",
+             f"every 0.1 s); {summed:,.0f} MiB summing each process's own peak (an upper bound)",
              f"  targets: at least 0.80x tiktoken's MB/s: {'met' if ours / reference >= 0.8 else 'not met'}; "
              f"under 1,024 MiB: {'met' if summed < 1024 else 'not met'}",
              "  MB: of record text (UTF-8). prepare_data.py's time is the whole command (start-up, reading, JSON, "

@@ -31,6 +31,7 @@ whole text at once by a token at such a cut.
 import base64
 import binascii
 import concurrent.futures
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -49,6 +50,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 import tiktoken
+
+try:
+    import fcntl  # file locks, on Unix
+except ImportError:
+    fcntl = None
 from tqdm import tqdm
 
 from configurable import ConfigError, opt, parse_args, run_main
@@ -686,43 +692,54 @@ def encode_batch(tokenizer, dtype, batch) -> np.ndarray:
     return ids
 
 
-def encoded(batches, tokenizer, dtype, workers):
-    """(batch, ids) in the order of `batches`, encoded by `workers` processes, at most two batches
-    per worker in flight (so memory stays bounded however long the source is)."""
-    encode = partial(encode_batch, tokenizer, dtype)
+@contextlib.contextmanager
+def worker_pool(workers):
+    """`workers` processes, all started before the source is read (a fork while reader threads run could
+    copy a lock they hold); None for one worker: then this process encodes."""
     if workers == 1:
-        yield from ((batch, encode(batch)) for batch in batches)
+        yield None
         return
     pool = concurrent.futures.ProcessPoolExecutor(workers)
     try:
-        in_flight = deque()
-        for batch in batches:
-            in_flight.append((batch, pool.submit(encode, batch)))
-            if len(in_flight) >= 2 * workers:
-                batch, future = in_flight.popleft()
-                yield batch, future.result()
-        while in_flight:
-            batch, future = in_flight.popleft()
-            yield batch, future.result()
+        pool.submit(int).result()  # with fork, the first task starts every worker
+        yield pool
     finally:
         pool.shutdown(cancel_futures=True)
 
 
+def encoded(batches, encode, pool, most_in_flight):
+    """(batch, encode(batch)) in the order of `batches`, encoded by the pool's processes with at most
+    most_in_flight batches submitted and not yet taken (so memory stays bounded however long the source)."""
+    if pool is None:
+        yield from ((batch, encode(batch)) for batch in batches)
+        return
+    in_flight = deque()
+    for batch in batches:
+        in_flight.append((batch, pool.submit(encode, batch)))
+        if len(in_flight) >= most_in_flight:
+            batch, future = in_flight.popleft()
+            yield batch, future.result()
+    while in_flight:
+        batch, future = in_flight.popleft()
+        yield batch, future.result()
+
+
 @dataclass
 class Written:
+    """What write_tokens wrote: tokens, BOS tokens, characters of text, and the text's running SHA-256."""
     tokens: int = 0
     documents: int = 0
     chars: int = 0
-    sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    sha256: object = field(default_factory=hashlib.sha256)
 
 
 def write_tokens(path: Path, batches, tokenizer, dtype, cfg: DataConfig) -> Written:
     """Tokenize the batches into `path` (every token, train and val); count and hash what was used."""
-    done = Written()
-    bar = tqdm(total=cfg.max_tokens or None, unit="tok", unit_scale=True, desc=f"tokenizing {cfg.dataset}",
-               disable=None)
-    with open(path, "wb") as out, bar:
-        for batch, ids in encoded(batches, tokenizer, dtype, cfg.worker_count()):
+    done, workers = Written(), cfg.worker_count()
+    with worker_pool(workers) as pool, open(path, "wb") as out, \
+            tqdm(total=cfg.max_tokens or None, unit="tok", unit_scale=True, desc=f"tokenizing {cfg.dataset}",
+                 disable=None) as bar:
+        for batch, ids in encoded(batches, partial(encode_batch, tokenizer, dtype), pool, 2 * workers):
             for _, text in batch:
                 done.sha256.update(text.encode("utf-8", "surrogatepass"))
                 done.chars += len(text)
@@ -733,7 +750,7 @@ def write_tokens(path: Path, batches, tokenizer, dtype, cfg: DataConfig) -> Writ
             if tokenizer.bos_token is not None:
                 done.documents += int(np.count_nonzero(ids == tokenizer.bos_token))
             bar.update(len(ids))
-            if done.tokens == cfg.max_tokens:
+            if cfg.max_tokens and done.tokens >= cfg.max_tokens:
                 break
     return done
 
@@ -810,14 +827,47 @@ def previous_meta(folder, cfg):
     return old if same else None
 
 
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold the dataset folder's lock: a second prepare of the same dataset waits for the first."""
+    if fcntl is None:  # no flock (Windows): no lock
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is preparing {folder}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def prepare(cfg: DataConfig) -> Path:
     """Read, tokenize and split the dataset; returns its folder."""
     folder = dataset_dir(cfg.data_dir, cfg.dataset)
-    remove_orphans(folder)
-    bos = cfg.documents != "none"
     if cfg.tokenizer != "char":
-        make_tokenizer(cfg.tokenizer, (), bos)  # a bad name, failed download or missing BOS stops us before any work
+        make_tokenizer(cfg.tokenizer, (), cfg.documents != "none")  # a bad name, failed download or no BOS: stop now
     source = read_source(cfg)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(folder):
+            remove_orphans(folder)
+            prepare_locked(cfg, folder, source)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a failed first run leaves no folder behind
+        raise
+    return folder
+
+
+def prepare_locked(cfg: DataConfig, folder: Path, source: Source):
+    """prepare's work, with the folder's lock held: nothing if up to date, else tokenize, split, rename."""
+    bos = cfg.documents != "none"
 
     def text_batches():
         return batches(documents(source.segments(), cfg.documents))
@@ -830,11 +880,10 @@ def prepare(cfg: DataConfig) -> Path:
         text_sha256, chars = scan(text_batches(), cfg.max_tokens)
     if old and text_sha256 == old.get("source_sha256"):
         print(f"{folder} is up to date (same source, {', '.join(f'{k}={getattr(cfg, k)}' for k in SETTINGS)})")
-        return folder
+        return
 
     tokenizer = make_tokenizer(cfg.tokenizer, chars, bos)
     dtype = token_dtype(tokenizer.vocab_size)
-    folder.mkdir(parents=True, exist_ok=True)
     temps = {name: temp_path(folder, name) for name in ("train.bin", "val.bin", "meta.json")}
     try:
         done = write_tokens(temps["train.bin"], text_batches(), tokenizer, dtype, cfg)
@@ -861,7 +910,6 @@ def prepare(cfg: DataConfig) -> Path:
           + (f", {done.documents:,} documents ({cfg.documents}), each starting with BOS "
              f"{tokenizer.bos_token}" if bos else ""))
     print(f"train {n_train:,} tokens, val {done.tokens - n_train:,} tokens -> {folder}/")
-    return folder
 
 
 def main(argv=None):

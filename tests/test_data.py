@@ -321,9 +321,16 @@ def eot_encoding():
                              special_tokens={"<|endoftext|>": 260})
 
 
+def gpt2_split_encoding():
+    """tiny_eot with GPT-2's own pre-tokenizer (as tiktoken's gpt2 has it, the one .tiktoken files get)."""
+    enc = eot_encoding()
+    return tiktoken.Encoding(name="tiny_gpt2", pat_str=prepare_data.GPT2_SPLIT, mergeable_ranks=enc._mergeable_ranks,
+                             special_tokens={"<|endoftext|>": 260})
+
+
 @pytest.fixture
 def eot_tiktoken(monkeypatch):
-    encodings = {"tiny": tiny_encoding, "tiny_eot": eot_encoding}
+    encodings = {"tiny": tiny_encoding, "tiny_eot": eot_encoding, "tiny_gpt2": gpt2_split_encoding}
     monkeypatch.setattr(prepare_data, "get_tiktoken_encoding", lambda name: encodings[name]())
 
 
@@ -450,7 +457,7 @@ def corpus(folder):
     return texts
 
 
-@pytest.mark.parametrize("tokenizer", ["char", "tiny_eot"])
+@pytest.mark.parametrize("tokenizer", ["char", "tiny_eot", "tiny_gpt2"])
 @pytest.mark.parametrize("unit", ["none", "file", "block"])
 def test_streaming_equals_encoding_in_memory(tmp_path, monkeypatch, eot_tiktoken, tokenizer, unit):
     texts = corpus(tmp_path / "src")
@@ -666,3 +673,22 @@ def test_tiktoken_file_tokenizer(tmp_path):
     write(tmp_path / "bad.tiktoken", "not base64! 1\n")
     with pytest.raises(ConfigError, match="'.*bad.tiktoken' is not a tiktoken BPE file"):
         prepare_data.get_tiktoken_encoding(str(tmp_path / "bad.tiktoken"))
+
+
+def test_a_second_prepare_of_the_same_dataset_waits(tmp_path, capsys):
+    import fcntl
+    import threading
+    source = write(tmp_path / "text.txt", TEXT)
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    holder = os.open(folder, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as a first prepare would hold it
+    second = threading.Thread(target=prepare, args=(DataConfig(dataset="tiny", source=str(source),
+                                                               data_dir=str(tmp_path), workers=1),))
+    second.start()
+    second.join(timeout=1.0)
+    assert second.is_alive() and not prepare_data.is_prepared(folder)  # waiting, not writing
+    os.close(holder)
+    second.join(timeout=30)
+    assert not second.is_alive() and prepare_data.is_prepared(folder)
+    assert "waiting for another process that is preparing" in capsys.readouterr().out
