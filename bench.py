@@ -6,6 +6,7 @@
     python bench.py --config=configs/tinyshakespeare_cpu.toml    # the shape and batch of any training preset
     python bench.py --variants=none,headwise,elementwise --tables=gate
     python bench.py --speedrun       # configs/speedrun_cpu.toml against nanoGPT's fp32 eager CPU recipe
+    python bench.py --prepare        # prepare_data.py on a generated 1 GB corpus against tiktoken's own speed
 
 Training is timed on train.py's own step (train.train_step: forward, backward,
 gradient clipping, AdamW) with batches drawn by train.Batches from the prepared
@@ -19,6 +20,13 @@ GPU check (GPT-2 124M, context 1024, bf16, compiled, flash attention; the
 target is an MFU of at least 45% on H100/H200-class GPUs):
 
     python bench.py --preset=gpt2 --tables=train --paths=default
+
+Data preparation (--prepare): a JSON Lines corpus of --prepare_mb MB (records of 4 to 40 random
+speeches of the plays) is generated, then tiktoken's encode_ordinary_batch (one thread per core)
+encodes the first --prepare_reference_mb MB of it, half before and half after `prepare_data.py
+--documents=record` prepares the whole corpus with the same BPE in a subprocess (gpt2 when it
+loads, else a byte-level BPE trained on the plays). It reports MB of text per second of wall time
+and per CPU-second for both, and the peak resident memory of prepare_data.py and its workers.
 
 Tables:
   train     the default path (dtype=auto, compile=auto, as train.py picks them
@@ -37,12 +45,15 @@ the variants built before it do not count; "+step" is what one training step
 adds on top of what is resident (activations, gradients, temporaries).
 """
 
+import base64
 import contextlib
 import ctypes
 import dataclasses
 import gc
 import json
+import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,6 +104,16 @@ class BenchConfig:
     speedrun_config: str = opt("configs/speedrun_cpu.toml", "the speedrun's preset")
     baseline_config: str = opt("configs/tinyshakespeare_cpu.toml", "the recipe the speedrun is timed against")
     speedrun_repeats: int = opt(1, "runs of each (alternating) in the speedrun comparison")
+    prepare: bool = opt(False, "instead of the tables: time prepare_data.py on a generated JSON Lines corpus against "
+                               "tiktoken's encode_ordinary_batch, with its peak memory (see Data preparation)")
+    prepare_mb: float = opt(1024, "size of the generated corpus, in MB of text")
+    prepare_reference_mb: float = opt(256, "MB of the corpus that tiktoken's encode_ordinary_batch encodes, half "
+                                           "before and half after prepare_data.py runs")
+    prepare_tokenizer: str = opt("auto", "the BPE: a tiktoken name or .tiktoken file; auto: gpt2 if it loads, "
+                                         "else a byte-level BPE of prepare_vocab tokens trained on the plays")
+    prepare_vocab: int = opt(8192, "tokens of the BPE trained when gpt2 cannot be loaded (256 bytes + merges)")
+    prepare_dir: str = opt("", "folder for the corpus and the prepared dataset, kept for reruns ('': a temporary "
+                               "folder, deleted after)")
 
     def __post_init__(self):
         if self.preset not in ("auto", "none", *PRESETS):
@@ -118,6 +139,8 @@ class BenchConfig:
         if not all(n.isdigit() and int(n) > 0 for n in split(self.gen_tokens)):
             raise ConfigError(f"bad value {self.gen_tokens!r} for 'gen_tokens': give positive token counts, "
                               "e.g. 250,1000")
+        if self.prepare_mb <= 0 or self.prepare_reference_mb <= 0 or self.prepare_vocab < 257:
+            raise ConfigError("prepare_mb and prepare_reference_mb must be positive, prepare_vocab at least 257")
 
 
 def split(text):
@@ -485,6 +508,244 @@ def speedrun(train_cfg, bench_cfg, log):
 
 
 # ---------------------------------------------------------------------------
+# Data preparation: prepare_data.py against tiktoken's own batch encoding
+# ---------------------------------------------------------------------------
+
+BPE_TRAINING_MB = 2  # the BPE is trained on the first 2 MB of the plays
+
+
+def train_bpe(text, vocab_size):
+    """A byte-level BPE (GPT-2's pre-tokenizer, then the most frequent pair merged, vocab_size - 256
+    times; ties to the smallest pair), as tiktoken's mergeable ranks {token bytes: rank}."""
+    import collections
+    import heapq
+
+    import regex
+    counts = collections.Counter(regex.findall(prepare_data.GPT2_SPLIT, text))
+    words, weights = [list(word.encode("utf-8")) for word in counts], list(counts.values())
+    pairs, where = collections.Counter(), collections.defaultdict(set)
+    for i, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            pairs[pair] += weights[i]
+            where[pair].add(i)
+    heap = [(-count, pair) for pair, count in pairs.items()]
+    heapq.heapify(heap)
+    vocab = [bytes([b]) for b in range(256)]
+    while len(vocab) < vocab_size and heap:
+        count, pair = heapq.heappop(heap)
+        if pairs.get(pair) != -count:
+            continue  # a stale entry: the count changed since it was pushed
+        new, touched = len(vocab), set()
+        vocab.append(vocab[pair[0]] + vocab[pair[1]])
+        for i in where.pop(pair):
+            word, merged, j = words[i], [], 0
+            for old in zip(word, word[1:]):
+                pairs[old] -= weights[i]
+                touched.add(old)
+            while j < len(word):
+                if j + 1 < len(word) and word[j] == pair[0] and word[j + 1] == pair[1]:
+                    merged.append(new)
+                    j += 2
+                else:
+                    merged.append(word[j])
+                    j += 1
+            words[i] = merged
+            for now in zip(merged, merged[1:]):
+                pairs[now] += weights[i]
+                where[now].add(i)
+                touched.add(now)
+        for other in touched:
+            if pairs[other] > 0:
+                heapq.heappush(heap, (-pairs[other], other))
+    return {token: rank for rank, token in enumerate(vocab)}
+
+
+def bench_tokenizer(bench_cfg, plays, folder, log):
+    """The --tokenizer value for prepare_data.py, and a description of it."""
+    name = bench_cfg.prepare_tokenizer
+    if name == "auto":
+        try:
+            prepare_data.get_tiktoken_encoding("gpt2")
+            return "gpt2", "gpt2 (tiktoken)"
+        except ConfigError:
+            name = ""
+    if name:
+        encoding = prepare_data.get_tiktoken_encoding(name)
+        return name, f"{name} ({encoding.n_vocab:,} tokens)"
+    path = Path(folder) / f"plays-bpe-{bench_cfg.prepare_vocab}.tiktoken"
+    if not path.exists():
+        log(f"  gpt2 cannot be loaded: training a byte-level BPE of {bench_cfg.prepare_vocab:,} tokens on the plays")
+        ranks = train_bpe(plays[:BPE_TRAINING_MB * 10 ** 6], bench_cfg.prepare_vocab)
+        path.write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks.items()))
+    return str(path), (f"a byte-level BPE of {bench_cfg.prepare_vocab:,} tokens (GPT-2's pre-tokenizer) trained "
+                       f"here on the first {BPE_TRAINING_MB} MB of the plays ({path.name})")
+
+
+def generate_corpus(folder, mb, plays):
+    """JSON Lines files of about 64 MB, until `mb` MB of text: each record {"text": ...} is 4 to 40
+    speeches of the plays drawn at random (seeded). Reused when it is already there."""
+    folder = Path(folder)
+    manifest = folder / "corpus.json"
+    if manifest.exists() and json.loads(manifest.read_text())["mb"] == mb:
+        return json.loads(manifest.read_text())
+    speeches = prepare_data.split_blocks(plays)
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    files, text_bytes, documents, goal = [], 0, 0, int(mb * 10 ** 6)
+    while text_bytes < goal:
+        path = folder / f"part-{len(files):04d}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            written = 0
+            while written < 64 * 10 ** 6 and text_bytes < goal:
+                text = "".join(speeches[i] for i in rng.integers(0, len(speeches), rng.integers(4, 41))).strip()
+                f.write(json.dumps({"text": text}) + "\n")
+                size = len(text.encode("utf-8"))
+                written, text_bytes, documents = written + size, text_bytes + size, documents + 1
+        files.append(path.name)
+    facts = {"mb": mb, "files": files, "text_bytes": text_bytes, "documents": documents}
+    manifest.write_text(json.dumps(facts))
+    return facts
+
+
+def records_of(folder, files, text_bytes):
+    """The record texts of the corpus, in order, up to about text_bytes bytes of text."""
+    seen = 0
+    for name in files:
+        with open(Path(folder) / name, encoding="utf-8") as f:
+            for line in f:
+                text = json.loads(line)["text"]
+                yield text
+                seen += len(text.encode("utf-8"))
+                if seen >= text_bytes:
+                    return
+
+
+def reference_throughput(encoding, texts, threads):
+    """Wall seconds, CPU seconds and bytes of tiktoken's encode_ordinary_batch over `texts`, in lists of
+    about 8 MB; only the encoding is timed (reading and JSON parsing are not)."""
+    seconds, cpu, size, batch, batch_size = 0.0, 0.0, 0, [], 0
+    for text in [*texts, None]:
+        if text is not None:
+            batch.append(text)
+            batch_size += len(text.encode("utf-8"))
+        if batch and (text is None or batch_size >= 8 * 10 ** 6):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            encoding.encode_ordinary_batch(batch, num_threads=threads)
+            seconds, cpu = seconds + time.perf_counter() - start, cpu + time.process_time() - cpu_start
+            size, batch, batch_size = size + batch_size, [], 0
+    return seconds, cpu, size
+
+
+def process_tree(pid):
+    """A process and all its descendants, from /proc (each thread's list of children)."""
+    tree, todo = set(), [pid]
+    while todo:
+        member = todo.pop()
+        tree.add(member)
+        for task in Path(f"/proc/{member}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                todo += [int(child) for child in (task / "children").read_text().split()]
+    return tree
+
+
+def memory_of(pid):
+    """(resident MiB now, peak resident MiB of this process since its exec) from /proc/PID/status."""
+    values = {}
+    with contextlib.suppress(OSError):
+        for line in open(f"/proc/{pid}/status"):
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(value.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def run_watched(command, cwd):
+    """Run a command; its wall time, CPU time (its own and its children's), the peak of its process
+    tree's resident memory taken together (sampled every 0.1 s), and the sum of each process's own
+    peak (VmHWM, exact per process; their sum bounds the tree's peak from above)."""
+    import resource
+    import threading
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    together, peaks, start = [0.0], {}, time.perf_counter()
+
+    def watch():
+        while process.poll() is None:
+            now = 0.0
+            for pid in process_tree(process.pid):
+                rss, hwm = memory_of(pid)
+                now += rss
+                peaks[pid] = max(peaks.get(pid, 0.0), hwm)
+            together[0] = max(together[0], now)
+            time.sleep(0.1)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    output = process.communicate()[0]
+    wall = time.perf_counter() - start
+    watcher.join()
+    if process.returncode != 0:
+        raise SystemExit(f"prepare_data.py failed:\n{output[-3000:]}")
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(cpu_after, k) - getattr(cpu_before, k) for k in ("ru_utime", "ru_stime"))
+    return wall, cpu, together[0], sum(peaks.values()), output
+
+
+def prepare_bench(train_cfg, bench_cfg, log):
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    plays = "".join(text for _, text in prepare_data.plays_source("").segments())
+    with contextlib.ExitStack() as stack:
+        folder = Path(bench_cfg.prepare_dir or stack.enter_context(tempfile.TemporaryDirectory()))
+        tokenizer, tokenizer_note = bench_tokenizer(bench_cfg, plays, folder, log)
+        log(f"  generating a corpus of {bench_cfg.prepare_mb:,} MB in {folder / 'corpus'}")
+        corpus = generate_corpus(folder / "corpus", bench_cfg.prepare_mb, plays)
+        encoding = prepare_data.get_tiktoken_encoding(tokenizer)
+        half = bench_cfg.prepare_reference_mb * 10 ** 6 / 2
+        texts = list(records_of(folder / "corpus", corpus["files"], half))  # the same texts, before and after
+
+        log(f"  tiktoken encode_ordinary_batch, {threads} threads, on {half / 1e6:,.0f} MB")
+        before = reference_throughput(encoding, texts, threads)
+        shutil.rmtree(folder / "data", ignore_errors=True)
+        command = [sys.executable, str(ROOT / "prepare_data.py"), "--dataset=bench", f"--source={folder / 'corpus'}",
+                   f"--tokenizer={tokenizer}", "--documents=record", f"--data_dir={folder / 'data'}",
+                   "--val_fraction=0.01"]
+        log(f"  running {' '.join(command[1:])}")
+        wall, cpu, together, summed, output = run_watched(command, ROOT)
+        meta = prepare_data.load_meta(folder / "data" / "bench")
+        log(f"  tiktoken encode_ordinary_batch again on the same {half / 1e6:,.0f} MB")
+        after = reference_throughput(encoding, texts, threads)
+        shutil.rmtree(folder / "data", ignore_errors=True)
+
+    mb, half_mb = corpus["text_bytes"] / 1e6, (before[2] + after[2]) / 1e6
+    ours, reference = mb / wall, half_mb / (before[0] + after[0])
+    ours_cpu, reference_cpu = mb / cpu, half_mb / (before[1] + after[1])
+    tokens = meta["train_tokens"] + meta["val_tokens"]
+    rows = dict(corpus_mb=mb, documents=corpus["documents"], tokens=tokens, tokenizer=tokenizer_note,
+                threads=threads, load_average=os.getloadavg()[0], wall_s=wall, cpu_s=cpu, mb_per_s=ours,
+                mb_per_cpu_s=ours_cpu, reference_mb=half_mb, reference_mb_per_s=reference,
+                reference_mb_per_cpu_s=reference_cpu, reference_before_mb_per_s=before[2] / 1e6 / before[0],
+                reference_after_mb_per_s=after[2] / 1e6 / after[0], ratio=ours / reference,
+                cpu_ratio=ours_cpu / reference_cpu, peak_together_mib=together, peak_summed_mib=summed)
+    lines = [f"Data preparation: {mb:,.0f} MB of text in {len(corpus['files'])} JSON Lines files "
+             f"({corpus['documents']:,} documents) -> {tokens:,} tokens; {threads} cores, load average "
+             f"{rows['load_average']:.1f} at the end",
+             f"  tokenizer: {tokenizer_note}",
+             f"  {'':<46} {'MB/s':>7} {'ratio':>6} {'MB/CPU-s':>9} {'ratio':>6}",
+             f"  {'tiktoken encode_ordinary_batch, ' + format(half_mb, ',.0f') + ' MB':<46} {reference:>7.2f} "
+             f"{1:>5.2f}x {reference_cpu:>9.2f} {1:>5.2f}x   (before {rows['reference_before_mb_per_s']:.2f}, "
+             f"after {rows['reference_after_mb_per_s']:.2f} MB/s)",
+             f"  {'prepare_data.py, the whole command, ' + format(wall, ',.0f') + ' s':<46} {ours:>7.2f} "
+             f"{ours / reference:>5.2f}x {ours_cpu:>9.2f} {ours_cpu / reference_cpu:>5.2f}x",
+             f"  peak resident memory of prepare_data.py and its workers: {together:,.0f} MiB together (sampled "
+             f"every 0.1 s); {summed:,.0f} MiB summing each process's own peak (an upper bound)",
+             f"  targets: at least 0.80x tiktoken's MB/s: {'met' if ours / reference >= 0.8 else 'not met'}; "
+             f"under 1,024 MiB: {'met' if summed < 1024 else 'not met'}",
+             "  MB: of record text (UTF-8). prepare_data.py's time is the whole command (start-up, reading, JSON, "
+             "hashing, tokenizing, writing, the val split); tiktoken's is encode_ordinary_batch alone on texts "
+             "already in memory. MB/CPU-s: per second of CPU time of all processes and threads."]
+    return lines, rows
+
+
+# ---------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -494,10 +755,10 @@ def main(argv=None):
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
-    if bench_cfg.speedrun:
-        lines, rows = speedrun(train_cfg, bench_cfg, log)
+    if bench_cfg.speedrun or bench_cfg.prepare:
+        lines, rows = (speedrun if bench_cfg.speedrun else prepare_bench)(train_cfg, bench_cfg, log)
         print("\n".join(lines))
-        report = {"speedrun": rows}
+        report = {"speedrun" if bench_cfg.speedrun else "prepare": rows}
         if bench_cfg.json:
             Path(bench_cfg.json).write_text(json.dumps(report, indent=2))
         return report

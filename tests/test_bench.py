@@ -126,3 +126,28 @@ def test_help_lists_only_the_keys_bench_uses(capsys):
     text = capsys.readouterr().out
     assert "--batch_size=" in text and "--max_iters=" not in text and "--eval_interval=" not in text
     assert "Accepted but ignored here (so that training presets load): out_dir, resume, max_iters" in text
+
+
+def test_prepare_bench_measures_throughput_and_memory(tmp_path, capsys):
+    report = bench.main(["--prepare", "--prepare_mb=0.3", "--prepare_reference_mb=0.1", "--prepare_vocab=300",
+                         f"--prepare_dir={tmp_path}", "--prepare_tokenizer=auto"])
+    out = capsys.readouterr().out
+    assert "Data preparation" in out and "tiktoken encode_ordinary_batch" in out and "peak resident memory" in out
+    row = report["prepare"]
+    assert row["corpus_mb"] >= 0.3 and row["documents"] > 10 and row["tokens"] > 10_000
+    assert "byte-level BPE of 300 tokens" in row["tokenizer"]
+    assert all(positive(row[k]) for k in ("mb_per_s", "reference_mb_per_s", "ratio", "cpu_ratio", "wall_s"))
+    assert 10 < row["peak_summed_mib"] < 4096 and row["peak_together_mib"] <= row["peak_summed_mib"] + 1
+    assert not (tmp_path / "data").exists()  # the prepared dataset is removed; the corpus and BPE stay for reruns
+    assert (tmp_path / "plays-bpe-300.tiktoken").exists() and (tmp_path / "corpus" / "corpus.json").exists()
+
+
+def test_trained_bpe_round_trips():
+    import tiktoken
+    text = "the thin theme of them, then the thing: 'tis the theme!\n" * 50
+    ranks = bench.train_bpe(text, 270)
+    assert len(ranks) == 270 and ranks[b"a"] == ord("a") and max(ranks.values()) == 269
+    assert ranks[b"the"] >= 256  # a frequent word became one token
+    encoding = tiktoken.Encoding("t", pat_str=prepare_data.GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={})
+    ids = encoding.encode_ordinary(text)
+    assert encoding.decode(ids) == text and len(ids) < len(text) / 3

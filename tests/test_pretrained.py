@@ -4,6 +4,7 @@ import os
 import pickle
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,6 +115,9 @@ class StubEncoding:
 
     def encode_ordinary(self, text):
         return [ord(c) % 100 for c in text]
+
+    def encode_to_numpy(self, text, disallowed_special=()):  # what prepare_data.py's workers call
+        return np.array(self.encode_ordinary(text), dtype=np.uint32)
 
     def decode(self, ids):
         return "".join(chr(65 + i % 26) for i in ids)
