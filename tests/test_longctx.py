@@ -1,0 +1,153 @@
+import math
+
+import pytest
+import torch
+
+from configurable import ConfigError
+from model import GPT, GPTConfig, KVCache, ROPE_SCALINGS, rope_attention_scale, rope_frequencies
+
+VOCAB = 37
+
+
+def rope_model(seed=0, **kw):
+    base = dict(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_emb="rope", gate="elementwise")
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**base, **kw})).double().eval()
+
+
+# ---------------------------------------------------------------------------
+# The frequencies, against the papers' formulas written out with plain math
+# ---------------------------------------------------------------------------
+
+
+def paper_theta(d, base=10000.0):
+    return [base ** (-2 * i / d) for i in range(d // 2)]
+
+
+def paper_yarn(d, s, L, base=10000.0, alpha=1.0, beta=32.0):
+    """Peng et al. 2023: r_i = L theta_i / 2pi rotations in L; ramp from alpha to beta."""
+    out = []
+    for theta in paper_theta(d, base):
+        r = L * theta / (2 * math.pi)
+        gamma = min(1.0, max(0.0, (r - alpha) / (beta - alpha)))
+        out.append((1 - gamma) * theta / s + gamma * theta)
+    return out
+
+
+def config(d, s, L, method, n_head=2):
+    return GPTConfig(vocab_size=VOCAB, block_size=L, n_head=n_head, n_embd=d * n_head, pos_emb="rope",
+                     rope_scaling=method, rope_factor=s)
+
+
+CASES = [(32, 2.0, 64), (64, 8.0, 128), (16, 4.0, 256), (128, 3.0, 2048)]
+
+
+@pytest.mark.parametrize("d, s, L", CASES)
+def test_frequencies_match_the_papers(d, s, L):
+    theta = paper_theta(d)
+    expected = {
+        "pi": [t / s for t in theta],  # Chen et al.: positions m / s
+        "ntk": paper_theta(d, 10000.0 * s ** (d / (d - 2))),  # bloc97: base * s^(d/(d-2))
+        "yarn": paper_yarn(d, s, L),
+    }
+    for method, want in expected.items():
+        got = rope_frequencies(config(d, s, L, method), length=int(s * L)).double()
+        assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0), method
+    # Dynamic NTK: s = max(1, length / L); at 3L it is NTK with s = 3, within L plain RoPE.
+    dynamic = config(d, 1.0, L, "dynamic_ntk")
+    assert torch.allclose(rope_frequencies(dynamic, 3 * L).double(),
+                          torch.tensor(paper_theta(d, 10000.0 * 3 ** (d / (d - 2))), dtype=torch.float64), rtol=1e-5)
+    assert torch.allclose(rope_frequencies(dynamic, L).double(), torch.tensor(theta, dtype=torch.float64), rtol=1e-6)
+    # YaRN's temperature: sqrt(1/t) = 0.1 ln s + 1 on q and k each.
+    assert rope_attention_scale(config(d, s, L, "yarn")) == pytest.approx(0.1 * math.log(s) + 1, rel=1e-12)
+    assert rope_attention_scale(config(d, s, L, "pi")) == 1.0
+
+
+def test_yarn_keeps_fast_dimensions_and_interpolates_slow_ones():
+    d, s, L = 64, 4.0, 4096
+    theta = paper_theta(d)
+    got = rope_frequencies(config(d, s, L, "yarn"), L).double().tolist()
+    rotations = [L * t / (2 * math.pi) for t in theta]
+    assert any(r >= 32 for r in rotations) and any(r <= 1 for r in rotations)
+    for r, t, g in zip(rotations, theta, got):
+        if r >= 32:
+            assert g == pytest.approx(t, rel=1e-6)
+        if r <= 1:
+            assert g == pytest.approx(t / s, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ROPE_SCALINGS)
+def test_every_method_at_scale_1_is_plain_rope_exactly(method):
+    plain = rope_model(rope_scaling="none")
+    scaled = rope_model(rope_scaling=method)
+    idx = torch.randint(0, VOCAB, (2, 16))
+    assert torch.equal(plain(idx)[0], scaled(idx)[0])
+    assert torch.equal(plain.rope_cos, scaled.rope_cos)
+
+
+def test_scalings_change_the_model_past_scale_1():
+    idx = torch.randint(0, VOCAB, (2, 16))
+    plain = rope_model()(idx)[0]
+    for method in ("pi", "ntk", "yarn"):
+        assert not torch.allclose(plain, rope_model(rope_scaling=method, rope_factor=2.0)(idx)[0]), method
+
+
+# ---------------------------------------------------------------------------
+# Any length: evaluation, cached generation and sampling past block_size
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ROPE_SCALINGS)
+def test_rope_model_evaluates_past_block_size(method):
+    model = rope_model(rope_scaling=method, rope_factor=1.0 if method in ("none", "dynamic_ntk") else 4.0)
+    idx = torch.randint(0, VOCAB, (2, 64))  # 4 x block_size
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 64, VOCAB) and torch.isfinite(loss)
+    # Causal: the first 40 positions do not depend on what follows (the tables grew, they did not change).
+    # Dynamic NTK is the exception by design: its angles depend on the whole length.
+    if method != "dynamic_ntk":
+        assert torch.allclose(model(idx[:, :40])[0], logits[:, :40], atol=1e-10)
+
+
+def test_learned_positions_past_block_size_say_why():
+    model = rope_model(pos_emb="learned")
+    with pytest.raises(ValueError, match="learned positions stop there.*pos_emb=rope"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(pos_emb="learned", rope_scaling="yarn", rope_factor=2.0), "use pos_emb=rope"),
+    (dict(rope_scaling="pi", rope_factor=0.5), "must be at least 1"),
+    (dict(rope_factor=2.0), "no effect with rope_scaling=none"),
+    (dict(rope_scaling="linear"), "choose one of none, pi, ntk, dynamic_ntk, yarn"),
+])
+def test_bad_rope_settings_are_rejected(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        rope_model(**kw)
+
+
+@pytest.mark.parametrize("method", ["pi", "ntk", "dynamic_ntk", "yarn"])
+def test_cached_generation_with_scaling_equals_uncached_past_block_size(method):
+    model = rope_model(rope_scaling=method, rope_factor=2.0)
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    runs = [model.generate(prompt, 70, temperature=1.0, top_k=20, use_cache=use_cache,
+                           generator=torch.Generator().manual_seed(3)) for use_cache in (True, False)]
+    assert runs[0].shape == (2, 75)  # past the 32-token context twice over
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_generation_with_scaling_keeps_the_longer_context():
+    """Greedy: with pi at s = 2 the 16-token model predicts from up to 32 tokens, not from a jumped window."""
+    model = rope_model(rope_scaling="pi", rope_factor=2.0)
+    prompt = torch.randint(0, VOCAB, (8, 30))
+    out = model.generate(prompt, 1, temperature=0)
+    assert torch.equal(out[:, 30], model(prompt)[0][:, -1].argmax(-1))
+    jumped = model(prompt[:, -13:])[0][:, -1].argmax(-1)  # what a 16-token window would have seen
+    assert not torch.equal(out[:, 30], jumped)
+
+
+def test_kv_cache_refuses_more_than_its_capacity():
+    model = rope_model()
+    cache = KVCache(model.config, capacity=8)
+    with pytest.raises(ValueError, match="do not fit in a KV cache of 8"):
+        model(torch.zeros(1, 9, dtype=torch.long), cache=cache)
