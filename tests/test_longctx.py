@@ -136,14 +136,18 @@ def test_cached_generation_with_scaling_equals_uncached_past_block_size(method):
     assert torch.equal(runs[0], runs[1])
 
 
-def test_generation_with_scaling_keeps_the_longer_context():
-    """Greedy: with pi at s = 2 the 16-token model predicts from up to 32 tokens, not from a jumped window."""
-    model = rope_model(rope_scaling="pi", rope_factor=2.0)
-    prompt = torch.randint(0, VOCAB, (8, 30))
-    out = model.generate(prompt, 1, temperature=0)
-    assert torch.equal(out[:, 30], model(prompt)[0][:, -1].argmax(-1))
-    jumped = model(prompt[:, -13:])[0][:, -1].argmax(-1)  # what a 16-token window would have seen
-    assert not torch.equal(out[:, 30], jumped)
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_with_scaling_keeps_the_longer_context(use_cache):
+    """With pi at s = 2 the 16-token model predicts from up to 32 tokens; without, from a jumped window."""
+    seen = []
+    for kw, context in [(dict(rope_scaling="pi", rope_factor=2.0), 30), (dict(), 16 - 4 + 1)]:
+        model = rope_model(**kw)
+        hook = model.register_forward_pre_hook(lambda module, args: seen.append(args[0].size(1)))
+        prompt = torch.randint(0, VOCAB, (2, 30))
+        out = model.generate(prompt, 1, temperature=0, use_cache=use_cache)
+        assert torch.equal(out[:, 30], model(prompt[:, -context:])[0][:, -1].argmax(-1))
+        hook.remove()
+    assert seen[0] == 30 and seen[2] == 13  # the calls made by generate (the others are the checks)
 
 
 def test_kv_cache_refuses_more_than_its_capacity():
