@@ -282,9 +282,10 @@ def load_checkpoint(path, device="cpu"):
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def model_from_checkpoint(ckpt, device="cpu"):
-    """The trained GPT stored in a checkpoint, in eval mode."""
-    model = GPT(pick(GPTConfig, ckpt["config"]))
+def model_from_checkpoint(ckpt, device="cpu", **changes):
+    """The trained GPT stored in a checkpoint, in eval mode; `changes` are model settings that need
+    no retraining (rope_scaling, rope_factor)."""
+    model = GPT(pick(GPTConfig, {**ckpt["config"], **changes}))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 

@@ -1,8 +1,13 @@
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import longctx
+import sample
+import train
 from configurable import ConfigError
 from model import GPT, GPTConfig, KVCache, ROPE_SCALINGS, rope_attention_scale, rope_frequencies
 
@@ -155,3 +160,104 @@ def test_kv_cache_refuses_more_than_its_capacity():
     cache = KVCache(model.config, capacity=8)
     with pytest.raises(ValueError, match="do not fit in a KV cache of 8"):
         model(torch.zeros(1, 9, dtype=torch.long), cache=cache)
+
+
+# ---------------------------------------------------------------------------
+# longctx.py: the sink test's window, the evaluation and sampling past block_size
+# ---------------------------------------------------------------------------
+
+
+def test_window_covering_the_whole_text_equals_the_ordinary_forward():
+    model = rope_model(gate="none")
+    runtime = train.setup_runtime("cpu", "float32")
+    x, y = torch.randint(0, VOCAB, (5, 40)), torch.randint(0, VOCAB, (5, 40))  # past block_size too
+    full = longctx.position_losses(model, x, y, 2, runtime)
+    for sinks in (0, 4):
+        streamed = longctx.streamed_losses(model, x, y, 40, sinks, 2, runtime)
+        assert np.allclose(streamed, full, rtol=0, atol=1e-6)  # the losses are computed in float32
+
+
+@pytest.mark.parametrize("sinks", [0, 3])
+def test_window_sees_the_sinks_and_the_last_tokens_only(sinks):
+    """Changing a token the window has dropped does not change the prediction; changing a kept one does."""
+    model = rope_model(n_layer=1)
+    x = torch.randint(0, VOCAB, (1, 30))
+
+    def last_logits(idx):
+        cache = longctx.WindowCache(model.config, 30, window=8, sinks=sinks)
+        for t in range(30):
+            logits, _ = model(idx[:, t:t + 1], cache=cache)
+        return logits
+
+    base = last_logits(x)
+    for position, kept in [(1, sinks > 1), (10, False), (25, True)]:
+        changed = x.clone()
+        changed[0, position] = (changed[0, position] + 1) % VOCAB
+        assert torch.allclose(last_logits(changed), base, atol=1e-12) != kept, position
+
+
+@pytest.fixture(scope="module")
+def rope_runs(data_dir, tmp_path_factory):
+    """Two tiny RoPE runs (plain and gated) trained by longctx.py itself, and its results."""
+    out = tmp_path_factory.mktemp("longctx")
+    results = longctx.main([f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={out}", "--pos_emb=rope",
+                            "--seeds=1", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16",
+                            "--batch_size=8", "--max_iters=30", "--eval_interval=30", "--eval_iters=2",
+                            "--learning_rate=3e-3", "--progress=false", "--device=cpu", "--num_windows=6",
+                            "--multiples=1,2,4", "--batch_size=4", "--window=6", "--sink_tokens=2"])
+    return out, results
+
+
+def test_evaluation_covers_every_method_and_length(rope_runs):
+    out, results = rope_runs
+    assert len(results) == 2
+    for r in results.values():
+        ext = r["extension"]
+        assert set(ext) == set(ROPE_SCALINGS)
+        assert all(set(ext[m]["loss"]) == {1, 2, 4} and len(ext[m]["per_position"]) == 64 for m in ext)
+        # At the trained length the unscaled methods agree: dynamic NTK is plain RoPE there.
+        assert ext["dynamic_ntk"]["loss"][1] == pytest.approx(ext["none"]["loss"][1], abs=1e-9)
+        assert ext["pi"]["loss"][4] != ext["none"]["loss"][4]
+        # The mean loss over the first 16 positions of the 4x windows is the 1x loss (causal attention).
+        assert np.mean(ext["none"]["per_position"][:16]) == pytest.approx(ext["none"]["loss"][1], abs=1e-6)
+        regimes = r["yarn_regimes"]
+        assert regimes["kept"] + regimes["blended"] + regimes["interpolated"] == 8
+        sinks = r["sinks"]
+        assert sinks["window"] == 6 and sinks["length"] == 16 and len(sinks["per_position"]["window"]) == 16
+    table = (out / "longctx.md").read_text()
+    assert "| yarn | elementwise |" in table and "| none | 4 val windows" not in table
+    saved = json.loads((out / "longctx.json").read_text())
+    assert set(saved["models"]) == set(results)
+
+
+def test_learned_positions_and_bad_settings_are_refused(rope_runs, data_dir, tmp_path):
+    out, _ = rope_runs
+    train.main([f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={tmp_path}", "--n_layer=1", "--n_head=2",
+                "--n_embd=16", "--block_size=16", "--max_iters=1", "--eval_iters=1", "--progress=false",
+                "--device=cpu"])
+    with pytest.raises(ConfigError, match="learned positions.*pos_emb=rope"):
+        longctx.main([f"--checkpoints={tmp_path}", f"--out_dir={tmp_path}/eval"])
+    with pytest.raises(ConfigError, match="needs RoPE: add --pos_emb=rope"):
+        longctx.main([f"--out_dir={tmp_path}/runs"])
+    with pytest.raises(ConfigError, match="no effect with --checkpoints"):
+        longctx.main([f"--checkpoints={out}/none-seed1337", "--max_iters=5"])
+    with pytest.raises(ConfigError, match="'multiples'"):
+        longctx.main(["--multiples=1,two"])
+    with pytest.raises(ConfigError, match="choose from none, pi"):
+        longctx.main(["--methods=none,rope"])
+    with pytest.raises(ConfigError, match=r"sink_tokens \(4\) < window \(2\)"):
+        longctx.main([f"--checkpoints={out}/none-seed1337", f"--out_dir={tmp_path}/eval", "--window=2"])
+
+
+def test_rope_model_samples_past_block_size_with_scaling(rope_runs, capsys):
+    out, _ = rope_runs
+    common = [f"--out_dir={out}/elementwise-seed1337", "--max_new_tokens=70", "--num_samples=1", "--device=cpu",
+              "--prompt=ROMEO:"]
+    plain = sample.main(common)
+    scaled = sample.main([*common, "--rope_scaling=yarn", "--rope_factor=4"])
+    assert len(plain[0]) == len(scaled[0]) == 70  # 76 tokens in all, over 4 x block_size=16
+    assert plain != scaled  # same seed, another context: the 64-token window with YaRN
+    with pytest.raises(ConfigError, match="add e.g. --rope_factor=4"):
+        sample.main([*common, "--rope_scaling=yarn"])
+    with pytest.raises(ConfigError, match="needs a rope_scaling"):
+        sample.main([*common, "--rope_factor=4"])
