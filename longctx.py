@@ -242,7 +242,7 @@ def pooled(results):
 
 
 def spread(values, fmt="{:.3f}"):
-    """'mean' for one value; 'mean ± sd (n)' over seeds."""
+    """'mean' for one value; 'mean ± sd' over seeds."""
     if len(values) == 1:
         return fmt.format(values[0])
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
@@ -275,9 +275,11 @@ def describe(groups, cfg):
     r = next(iter(groups.values()))[0]
     s, yarn = r["sinks"], r["yarn_regimes"]
     seeds = ", ".join(f"{name} {len(runs)}" for name, runs in groups.items())
+    pooling = (f"mean ± sd over seeds ({seeds})" if any(len(runs) > 1 for runs in groups.values())
+               else "one checkpoint per model")
     return (f"Val loss on {r['windows']} val windows of {r['window_tokens']} tokens"
             f"{' (overlapping: the split is short)' if r['windows_overlap'] else ''}, cut to each length; "
-            f"every method set up for {max(cfg.multiple_list())}x; mean ± sd over seeds ({seeds}). "
+            f"every method set up for {max(cfg.multiple_list())}x; {pooling}. "
             f"YaRN's ramp on the {len(yarn['rotations'])} RoPE frequencies: {yarn['kept']} kept (>= 32 rotations "
             f"in {r['block_size']} tokens), {yarn['blended']} blended, {yarn['interpolated']} interpolated as in PI. "
             f"Sinks: loss at positions {s['window']}-{s['length'] - 1} of texts of {s['length']} tokens, "
@@ -298,7 +300,9 @@ def plot_extension(path, groups, cfg):
             line, = axes[0, col].plot([m * block for m in multiples], losses.mean(0), marker="o", label=method)
             curve = np.mean([r["extension"][method]["per_position"] for r in runs], axis=0)
             axes[1, col].plot(compare.smooth(curve, 8), lw=1, color=line.get_color(), label=method)
-        axes[0, col].set(xscale="log", xlabel="evaluated length (tokens)", ylabel="val loss", ylim=(None, ymax),
+        axes[0, col].set_xscale("log", base=2)
+        axes[0, col].minorticks_off()
+        axes[0, col].set(xlabel="evaluated length (tokens)", ylabel="val loss", ylim=(None, ymax),
                          title=f"{name}: val loss by length")
         axes[0, col].set_xticks([m * block for m in multiples], [str(m * block) for m in multiples])
         axes[1, col].axvline(block, color="gray", ls=":")
