@@ -167,8 +167,11 @@ def sink_results(ckpt, x, y, cfg, runtime):
               "window": streamed_losses(model, x, y, window, 0, cfg.batch_size, runtime),
               f"window + {cfg.sink_tokens} sinks": streamed_losses(model, x, y, window, cfg.sink_tokens,
                                                                    cfg.batch_size, runtime)}
+    # Whether there is a sink to keep: attention on the first token with full attention (analyze.py).
+    stats = analyze.model_stats(model, x.split(cfg.batch_size))
     # The conditions differ only once the first tokens have left the window.
     return {"window": window, "sinks": cfg.sink_tokens, "length": length,
+            "f_attn": stats["f_attn"], "sink_1": stats["sink_1"],
             "loss_after_window": {name: float(c[window:].mean()) for name, c in curves.items()},
             "per_position": {name: c.tolist() for name, c in curves.items()}}
 
@@ -245,7 +248,7 @@ def spread(values, fmt="{:.3f}"):
     """'mean' for one value; 'mean ± sd' over seeds."""
     if len(values) == 1:
         return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.replace('+', '').format(statistics.stdev(values))}"
 
 
 def extension_table(groups, cfg):
@@ -260,12 +263,25 @@ def extension_table(groups, cfg):
     return "\n".join(lines)
 
 
+def scaling_cost_table(groups, cfg):
+    """What each method costs at the trained length: its 1x loss minus the unscaled model's, per seed."""
+    methods = [m for m in cfg.method_list() if m != "none"]
+    lines = ["| model | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for name, runs in groups.items():
+        base = [r["extension"]["none"]["loss"][1] for r in runs]
+        cells = [spread([r["extension"][m]["loss"][1] - b for r, b in zip(runs, base)], "{:+.3f}") for m in methods]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def sink_table(groups):
     first = next(iter(groups.values()))[0]["sinks"]
     names = list(first["loss_after_window"])
-    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines = ["| model | F-Attn | Sink_1 (%) | " + " | ".join(names) + " |", "|---|---:|---:|" + "---:|" * len(names)]
     for name, runs in groups.items():
-        cells = [spread([r["sinks"]["loss_after_window"][n] for r in runs]) for n in names]
+        cells = [spread([r["sinks"][key] for r in runs], fmt) for key, fmt in (("f_attn", "{:.3f}"),
+                                                                               ("sink_1", "{:.1f}"))]
+        cells += [spread([r["sinks"]["loss_after_window"][n] for r in runs]) for n in names]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -282,8 +298,20 @@ def describe(groups, cfg):
             f"every method set up for {max(cfg.multiple_list())}x; {pooling}. "
             f"YaRN's ramp on the {len(yarn['rotations'])} RoPE frequencies: {yarn['kept']} kept (>= 32 rotations "
             f"in {r['block_size']} tokens), {yarn['blended']} blended, {yarn['interpolated']} interpolated as in PI. "
-            f"Sinks: loss at positions {s['window']}-{s['length'] - 1} of texts of {s['length']} tokens, "
-            f"read with a window of {s['window']} tokens.")
+            f"Sinks: F-Attn and Sink_1 (analyze.py) with full attention, and the loss at positions "
+            f"{s['window']}-{s['length'] - 1} of texts of {s['length']} tokens read with a window of {s['window']} "
+            f"tokens, with and without the first {s['sinks']} kept.")
+
+
+def report(groups, cfg):
+    """The tables and what they are measured on, as markdown."""
+    parts = [f"Val loss by evaluated length:\n\n{extension_table(groups, cfg)}"]
+    if "none" in cfg.method_list() and 1 in cfg.multiple_list():
+        parts.append(f"Change of the loss at the trained length, against no scaling:\n\n"
+                     f"{scaling_cost_table(groups, cfg)}")
+    parts.append(f"Attention sinks, and the loss once the window slides:\n\n{sink_table(groups)}")
+    parts.append(describe(groups, cfg))
+    return "\n\n".join(parts)
 
 
 def plot_extension(path, groups, cfg):
@@ -299,14 +327,14 @@ def plot_extension(path, groups, cfg):
             losses = np.array([[r["extension"][method]["loss"][m] for m in multiples] for r in runs])
             line, = axes[0, col].plot([m * block for m in multiples], losses.mean(0), marker="o", label=method)
             curve = np.mean([r["extension"][method]["per_position"] for r in runs], axis=0)
-            axes[1, col].plot(compare.smooth(curve, 8), lw=1, color=line.get_color(), label=method)
+            axes[1, col].plot(compare.smooth(curve, 16), lw=1, color=line.get_color(), label=method)
         axes[0, col].set_xscale("log", base=2)
         axes[0, col].minorticks_off()
         axes[0, col].set(xlabel="evaluated length (tokens)", ylabel="val loss", ylim=(None, ymax),
                          title=f"{name}: val loss by length")
         axes[0, col].set_xticks([m * block for m in multiples], [str(m * block) for m in multiples])
         axes[1, col].axvline(block, color="gray", ls=":")
-        axes[1, col].set(xlabel="position", ylabel="loss (mean of 8 positions)", ylim=(None, ymax),
+        axes[1, col].set(xlabel="position", ylabel="loss (mean of 16 positions)", ylim=(None, ymax),
                          title=f"{name}: loss by position at {longest}x")
         axes[0, col].legend()
     fig.savefig(path, dpi=90)
@@ -385,8 +413,7 @@ def main(argv=None):
     results = {str(path): evaluate_checkpoint(path, cfg, runtime) for path in paths}
     print(f"evaluated {len(paths)} checkpoint(s) in {time.perf_counter() - start:.0f} s")
     groups = pooled(results)
-    text = (f"Val loss by evaluated length:\n\n{extension_table(groups, cfg)}\n\n"
-            f"Attention sinks, loss once the window slides:\n\n{sink_table(groups)}\n\n{describe(groups, cfg)}")
+    text = report(groups, cfg)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "longctx.md").write_text(text + "\n")
