@@ -164,16 +164,16 @@ def rope_frequencies(config, length):
     d, L, s = config.head_size, config.block_size, config.rope_factor
     exponents = torch.arange(d // 2, dtype=torch.float32) / (d // 2)  # 2i / d
     method = config.rope_scaling
-    if method == "dynamic_ntk":  # NTK with s = length / L, recomputed as the sequence grows (Reddit, emozilla 2023)
+    if method == "dynamic_ntk":  # NTK with s from the current length (Reddit, emozilla 2023)
         s = max(1.0, length / L)
     if method == "none" or s == 1.0:
         return 1.0 / (config.rope_base ** exponents)
     if method in ("ntk", "dynamic_ntk"):  # NTK-aware: base * s^(d / (d - 2)) (Reddit, bloc97 2023)
         return 1.0 / ((config.rope_base * s ** (d / (d - 2))) ** exponents)
     theta = 1.0 / (config.rope_base ** exponents)
-    if method == "pi":  # position interpolation: m -> m / s, the same as theta / s (Chen et al. 2023, Eq. 2)
+    if method == "pi":  # position interpolation: m -> m / s, the same as theta / s (Chen et al. 2023)
         return theta / s
-    # YaRN's "NTK-by-parts" (Peng et al. 2023, Sec. 3.2): a frequency that turns r_i = L theta_i / 2pi
+    # YaRN's "NTK-by-parts" interpolation (Peng et al. 2023): a frequency that turns r_i = L theta_i / 2pi
     # times within L keeps theta_i when r_i >= beta = 32, is interpolated (theta_i / s) when
     # r_i <= alpha = 1, and is blended linearly in between.
     ramp = ((L * theta / (2 * math.pi) - 1.0) / (32.0 - 1.0)).clamp(0.0, 1.0)
@@ -181,7 +181,7 @@ def rope_frequencies(config, length):
 
 
 def rope_attention_scale(config):
-    """YaRN multiplies q and k by 0.1 ln s + 1 (logits by its square, Peng et al. 2023, Eq. 22); else 1."""
+    """YaRN's attention temperature (Peng et al. 2023): q and k times 0.1 ln s + 1; 1 for the other methods."""
     if config.rope_scaling != "yarn":
         return 1.0
     return 0.1 * math.log(config.rope_factor) + 1.0
