@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 import longctx
 import sample
 import train
-from configurable import ConfigError
+from configurable import ConfigError, parse_args
 from model import GPT, GPTConfig, KVCache, ROPE_SCALINGS, rope_attention_scale, rope_frequencies
 
 VOCAB = 37
@@ -262,3 +263,14 @@ def test_rope_model_samples_past_block_size_with_scaling(rope_runs, capsys):
         sample.main([*common, "--rope_scaling=yarn"])
     with pytest.raises(ConfigError, match="needs a rope_scaling"):
         sample.main([*common, "--rope_factor=4"])
+
+
+def test_study_preset_trains_plain_and_gated_rope_models_with_three_seeds():
+    preset = Path(__file__).resolve().parents[1] / "configs" / "longctx_cpu.toml"
+    cfg, model_cfg, train_cfg = parse_args([longctx.LongCtxConfig, GPTConfig, train.TrainConfig],
+                                           [f"--config={preset}"])
+    runs = longctx.training_runs(cfg, model_cfg, train_cfg)
+    assert [path.name for path in runs] == [f"{v}-seed{s}" for v in ("none", "elementwise") for s in (1337, 1338, 1339)]
+    assert {(s["gate"], s["pos_emb"], s["block_size"]) for s in runs.values()} == {
+        ("none", "rope", 64), ("elementwise", "rope", 64)}
+    assert max(cfg.multiple_list()) == 8
