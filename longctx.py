@@ -53,6 +53,7 @@ def val_windows(ckpt, length, num_windows, runtime):
     (overlapping when it is too short to hold them side by side), and whether they overlap."""
     config = ckpt["config"]
     folder = prepare_data.dataset_dir(config["data_dir"], config["dataset"])
+    prepare_data.load_meta(folder)  # says so when the data is missing
     try:
         windows = train.Batches(folder, length, 1, runtime, seed=0)
     except ConfigError:

@@ -454,7 +454,9 @@ class GPT(nn.Module):
     def rope(self, length):
         """The RoPE cos/sin tables for at least `length` positions, grown (doubling) when needed."""
         if self.config.rope_scaling == "dynamic_ntk" and length > self.config.block_size:
-            return rope_tables(self.config, length, self.rope_cos.device)  # its angles change with the length
+            # Its angles change with the length, so keys cached at a shorter length were rotated
+            # differently: stream() re-fills the cache at every token past block_size.
+            return rope_tables(self.config, length, self.rope_cos.device)
         if length > self.rope_cos.size(0):
             self.rope_cos, self.rope_sin = rope_tables(self.config, max(length, 2 * self.rope_cos.size(0)),
                                                        self.rope_cos.device)
@@ -499,8 +501,7 @@ class GPT(nn.Module):
         """
         block = self.config.context_length
         jump = max(1, block // 4)
-        # Dynamic NTK's angles change with the length, so past block_size cached keys go stale.
-        stale = self.config.rope_scaling == "dynamic_ntk"
+        stale = self.config.rope_scaling == "dynamic_ntk"  # see GPT.rope
         seq, start, cache = idx, 0, None
         for _ in range(max_new_tokens):
             if seq.size(1) - start > block:
