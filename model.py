@@ -41,6 +41,7 @@ GATE_HEADS = ("specific", "shared")
 GATE_INPUTS = ("dependent", "independent")
 POS_EMBS = ("learned", "rope")
 ACTIVATIONS = ("gelu", "gelu_tanh")
+ROPE_SCALINGS = ("none", "pi", "ntk", "dynamic_ntk", "yarn")
 
 
 def _check_choice(key, value, choices):
@@ -59,6 +60,9 @@ class GPTConfig:
     bias: bool = opt(False, "biases in Linear and LayerNorm layers")
     pos_emb: str = opt("learned", "position encoding: learned | rope")
     rope_base: float = opt(10000.0, "RoPE base frequency")
+    rope_scaling: str = opt("none", "RoPE past block_size without retraining: none | pi | ntk | dynamic_ntk | yarn")
+    rope_factor: float = opt(1.0, "the context extended to this many times block_size (the scale s of pi, ntk "
+                                  "and yarn; dynamic_ntk takes s from the current length, up to this)")
     qk_norm: bool = opt(False, "LayerNorm on queries and keys (the usual fix for high-LR attention-logit growth)")
     activation: str = opt("gelu", "MLP activation: gelu | gelu_tanh (GPT-2's tanh approximation, for its weights)")
     gate: str = opt("elementwise", "attention gate: none | headwise | elementwise")
@@ -72,7 +76,7 @@ class GPTConfig:
         for key, choices in [("gate", GATES), ("gate_position", GATE_POSITIONS),
                              ("gate_activation", GATE_ACTIVATIONS), ("gate_mode", GATE_MODES),
                              ("gate_heads", GATE_HEADS), ("gate_input", GATE_INPUTS), ("pos_emb", POS_EMBS),
-                             ("activation", ACTIVATIONS)]:
+                             ("activation", ACTIVATIONS), ("rope_scaling", ROPE_SCALINGS)]:
             _check_choice(key, getattr(self, key), choices)
         if min(self.block_size, self.n_layer, self.n_head, self.n_embd) < 1:
             raise ConfigError("block_size, n_layer, n_head and n_embd must be positive")
@@ -82,7 +86,19 @@ class GPTConfig:
             raise ConfigError("RoPE needs an even head size (n_embd / n_head)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        self._check_rope_scaling()
         self._check_gate()
+
+    def _check_rope_scaling(self):
+        if self.rope_scaling != "none" and self.pos_emb != "rope":
+            raise ConfigError(f"rope_scaling={self.rope_scaling} scales RoPE, and this model has learned "
+                              "positions: use pos_emb=rope")
+        if self.rope_factor < 1.0:
+            raise ConfigError(f"rope_factor={self.rope_factor} must be at least 1: it is the extended context "
+                              "over block_size")
+        if self.rope_factor != 1.0 and self.rope_scaling == "none":
+            raise ConfigError(f"rope_factor={self.rope_factor} has no effect with rope_scaling=none: "
+                              "choose pi, ntk, dynamic_ntk or yarn")
 
     def _check_gate(self):
         defaults = {f: GPTConfig.__dataclass_fields__[f].default for f in
@@ -113,6 +129,11 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     @property
+    def context_length(self):
+        """The longest context generation keeps: block_size, or rope_factor times it with a RoPE scaling."""
+        return round(self.block_size * self.rope_factor)
+
+    @property
     def gate_shape(self):
         """Scores per token: (heads, channels) at G1-G4, (n_embd,) at G5; () without a gate."""
         if self.gate == "none":
@@ -141,12 +162,53 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
-def rope_tables(config):
-    """cos/sin tables for rotary embeddings, one row per position."""
-    half = config.head_size // 2
-    inv_freq = 1.0 / (config.rope_base ** (torch.arange(half, dtype=torch.float32) / half))
-    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+# RoPE (Su et al. 2021) rotates channel pair i by the angle m * theta_i at
+# position m, theta_i = base^(-2i/d). Attention then depends on positions only
+# through m - n, but a model trained at L tokens has never seen |m - n| >= L.
+# The context-extension methods change the angles so that a longer sequence
+# looks more like the trained one, with no retraining; s = new length / L.
+
+
+def rope_frequencies(config, length):
+    """theta_i for a sequence of `length` tokens, after the config's context extension."""
+    d, L, s = config.head_size, config.block_size, config.rope_factor
+    exponents = torch.arange(d // 2, dtype=torch.float32) / (d // 2)  # 2i / d
+    method = config.rope_scaling
+    if method == "dynamic_ntk":  # NTK with s from the current length (Reddit, emozilla 2023)
+        s = max(1.0, length / L)
+    if method == "none" or s == 1.0:
+        return 1.0 / (config.rope_base ** exponents)
+    if method in ("ntk", "dynamic_ntk"):  # NTK-aware: base * s^(d / (d - 2)) (Reddit, bloc97 2023)
+        return 1.0 / ((config.rope_base * s ** (d / (d - 2))) ** exponents)
+    theta = 1.0 / (config.rope_base ** exponents)
+    if method == "pi":  # position interpolation: m -> m / s, the same as theta / s (Chen et al. 2023)
+        return theta / s
+    # YaRN's "NTK-by-parts" interpolation (Peng et al. 2023): a frequency that turns r_i = L theta_i / 2pi
+    # times within L keeps theta_i when r_i >= beta = 32, is interpolated (theta_i / s) when
+    # r_i <= alpha = 1, and is blended linearly in between.
+    ramp = ((L * theta / (2 * math.pi) - 1.0) / (32.0 - 1.0)).clamp(0.0, 1.0)
+    return (1.0 - ramp) * theta / s + ramp * theta
+
+
+def rope_attention_scale(config):
+    """YaRN's attention temperature (Peng et al. 2023): q and k times 0.1 ln s + 1; 1 for the other methods."""
+    if config.rope_scaling != "yarn":
+        return 1.0
+    return 0.1 * math.log(config.rope_factor) + 1.0
+
+
+def rope_tables(config, length, device=None):
+    """cos/sin tables for positions 0 .. length - 1, one row per position.
+
+    YaRN's scale of q and k is folded into both tables: rotating by them scales
+    every rotated vector by it.
+    """
+    theta = rope_frequencies(config, length).to(device)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), theta)
+    scale = rope_attention_scale(config)
+    if scale == 1.0:
+        return angles.cos(), angles.sin()
+    return angles.cos() * scale, angles.sin() * scale
 
 
 def apply_rope(x, cos, sin):
@@ -341,7 +403,7 @@ class GPT(nn.Module):
                 self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.pos_emb == "rope":
-            cos, sin = rope_tables(config)
+            cos, sin = rope_tables(config, config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
@@ -396,14 +458,16 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         offset = cache.pos if cache is not None else 0
-        if offset + T > self.config.block_size:
-            raise ValueError(f"sequence of {offset + T} tokens is longer than block_size={self.config.block_size}")
-        x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == "learned":
-            x = x + self.transformer.wpe(torch.arange(offset, offset + T, device=idx.device))
+            if offset + T > self.config.block_size:
+                raise ValueError(f"sequence of {offset + T} tokens is longer than block_size="
+                                 f"{self.config.block_size}, and learned positions stop there: train with "
+                                 "pos_emb=rope to go further")
+            x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(offset, offset + T, device=idx.device))
         else:
-            rope = (self.rope_cos, self.rope_sin)
+            x = self.transformer.wte(idx)
+            rope = self.rope(offset + T)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope, cache, observe)
@@ -416,6 +480,17 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def rope(self, length):
+        """The RoPE cos/sin tables for at least `length` positions, grown (doubling) when needed."""
+        if self.config.rope_scaling == "dynamic_ntk" and length > self.config.block_size:
+            # Its angles change with the length, so keys cached at a shorter length were rotated
+            # differently: stream() re-fills the cache at every token past block_size.
+            return rope_tables(self.config, length, self.rope_cos.device)
+        if length > self.rope_cos.size(0):
+            self.rope_cos, self.rope_sin = rope_tables(self.config, max(length, 2 * self.rope_cos.size(0)),
+                                                       self.rope_cos.device)
+        return self.rope_cos, self.rope_sin
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices only (not on biases, norms or gate constants)."""
@@ -446,18 +521,23 @@ class GPT(nn.Module):
                generator=None, use_cache=True):
         """Yield new tokens (B, 1) one at a time after the prompt idx (B, T).
 
-        The context is a window of at most block_size tokens. When it is full
-        the window jumps forward by a quarter block (keeping the last 3/4 of
-        the context) rather than sliding one token, so the cache is re-filled
-        once per block_size/4 tokens instead of for every token. The uncached
-        path uses the same window, so both give the same tokens.
+        The context is a window of at most config.context_length tokens:
+        block_size, or rope_factor x block_size for a RoPE model with a
+        rope_scaling. When it is full the window jumps forward by a quarter of
+        it (keeping the last 3/4 of the context) rather than sliding one token,
+        so the cache is re-filled once per context_length/4 tokens instead of
+        for every token. The uncached path uses the same window, so both give
+        the same tokens.
         """
-        block = self.config.block_size
+        block = self.config.context_length
         jump = max(1, block // 4)
+        stale = self.config.rope_scaling == "dynamic_ntk"  # see GPT.rope
         seq, start, cache = idx, 0, None
         for _ in range(max_new_tokens):
             if seq.size(1) - start > block:
                 start = seq.size(1) - (block - jump + 1)
+                cache = None
+            if stale and seq.size(1) - start > self.config.block_size:
                 cache = None
             if not use_cache:
                 logits, _ = self(seq[:, start:])
@@ -490,15 +570,18 @@ def onednn_disabled():
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far (at most block_size)."""
+    """Keys and values of every layer for the tokens seen so far (at most `capacity`,
+    by default the longest context generation keeps, config.context_length)."""
 
-    def __init__(self, config):
-        self.capacity = config.block_size
+    def __init__(self, config, capacity=None):
+        self.capacity = capacity or config.context_length
         self.k, self.v = [None] * config.n_layer, [None] * config.n_layer
         self.pos = 0
 
     def update(self, layer, k, v):
         """Store k, v (B, H, T, D) after the cached positions; return all keys and values so far."""
+        if self.pos + k.size(2) > self.capacity:
+            raise ValueError(f"{self.pos + k.size(2)} tokens do not fit in a KV cache of {self.capacity}")
         if self.k[layer] is None:  # allocated lazily, in the dtype attention runs in
             shape = (k.size(0), k.size(1), self.capacity, k.size(3))
             self.k[layer] = k.new_empty(shape)

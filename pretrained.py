@@ -36,16 +36,21 @@ GPT2_MODELS = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024),
 HF_URL = "https://huggingface.co/openai-community/{name}/resolve/main/{file}"
 
 
-def load_model(source, device="cpu"):
+def load_model(source, device="cpu", **changes):
     """(model in eval mode, tokenizer, info) for a checkpoint, run folder, GPT-2 name or Hugging
     Face folder. info: "kind" (gated-gpt, nanogpt or gpt2), "config" (the settings, flat),
-    "step" (None when unknown) and "meta" (the training dataset's metadata, this project's only)."""
+    "step" (None when unknown) and "meta" (the training dataset's metadata, this project's only).
+
+    `changes` (rope_scaling, rope_factor) apply to this project's RoPE models; nanoGPT's and
+    GPT-2's positions are learned, so there they are refused."""
     path = Path(source)
     if path.is_dir() and (path / "ckpt.pt").is_file():
         path = path / "ckpt.pt"
     elif path.is_dir() and (path / "config.json").is_file():
+        refuse_changes(changes, path)
         return gpt2_from_folder(path, device)
     elif not path.exists() and str(source) in GPT2_MODELS:
+        refuse_changes(changes, source)
         return gpt2_from_folder(download_gpt2(str(source)), device)
     elif not path.is_file() and path.suffix != ".pt":  # a missing .pt: load_checkpoint says how to train one
         raise ConfigError(f"no checkpoint at {path}: give a ckpt.pt, a run folder, a folder of Hugging Face "
@@ -54,14 +59,22 @@ def load_model(source, device="cpu"):
     if not isinstance(ckpt["model"], dict):
         raise ConfigError(f"{path} is not a checkpoint this project or nanoGPT wrote: its 'model' is not weights")
     if "model_args" in ckpt:
+        refuse_changes(changes, path)
         return nanogpt_model(ckpt, path, device)
     if "config" not in ckpt or "meta" not in ckpt:
         raise ConfigError(f"{path} is not a checkpoint this project or nanoGPT wrote: it has no 'config' "
                           "or 'meta' (nanoGPT's have 'model_args')")
     prepare_data.check_meta(ckpt["meta"], f"the dataset metadata in {path}")
-    model = train.model_from_checkpoint(ckpt, device)
+    model = train.model_from_checkpoint(ckpt, device, **changes)
     info = {"kind": "gated-gpt", "config": ckpt["config"], "step": ckpt.get("step"), "meta": ckpt["meta"]}
     return model, prepare_data.tokenizer_from_meta(ckpt["meta"]), info
+
+
+def refuse_changes(changes, source):
+    """RoPE scaling needs RoPE: nanoGPT's and GPT-2's positions are learned embeddings."""
+    if changes:
+        raise ConfigError(f"{', '.join(changes)} applies to RoPE models, and {source} has learned positions: "
+                          "leave it out")
 
 
 def check_dataset_fits(tokenizer, model, meta, folder):

@@ -5,6 +5,7 @@
     python sample.py --init_from=gpt2 --prompt="The attention sink"  # OpenAI's GPT-2, downloaded once
     python sample.py --prompt="ROMEO:" --num_samples=2 --max_new_tokens=300 --top_p=0.9
     python sample.py --prompt=FILE:prompt.txt --temperature=0
+    python sample.py --rope_scaling=yarn --rope_factor=4   # a RoPE model keeps 4 x block_size of context
 """
 
 import sys
@@ -33,6 +34,10 @@ class SampleConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto | float32 | bfloat16 | float16")
     threads: int = opt(0, "CPU threads for PyTorch (0: PyTorch's choice; 1 on a busy machine)")
+    rope_scaling: str = opt("", "RoPE models: keep rope_factor x block_size tokens of context, with this "
+                                "scaling (none | pi | ntk | dynamic_ntk | yarn); empty: the model's own")
+    rope_factor: float = opt(0.0, "with rope_scaling: the context kept, in multiples of block_size "
+                                  "(0: the model's own)")
 
     def __post_init__(self):
         check_runtime_settings(self.device, self.dtype, self.threads)
@@ -42,6 +47,13 @@ class SampleConfig:
             raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
         if self.top_k < 0 or self.num_samples < 1 or self.max_new_tokens < 0:
             raise ConfigError("top_k, num_samples and max_new_tokens must not be negative (num_samples at least 1)")
+        if self.rope_factor and not self.rope_scaling:
+            raise ConfigError("rope_factor needs a rope_scaling: add e.g. --rope_scaling=yarn")
+
+    def model_changes(self):
+        """The RoPE settings that replace the checkpoint's, as model_from_checkpoint takes them."""
+        changes = {"rope_scaling": self.rope_scaling} if self.rope_scaling else {}
+        return {**changes, "rope_factor": self.rope_factor} if self.rope_factor else changes
 
 
 def read_prompt(prompt):
@@ -85,7 +97,10 @@ def main(argv=None):
     (cfg,) = parse_args([SampleConfig], argv, prog="sample.py", description=__doc__)
     runtime = setup_runtime(cfg.device, cfg.dtype, cfg.threads)
     source = Path(cfg.out_dir) / "ckpt.pt" if cfg.init_from == "resume" else cfg.init_from
-    model, tokenizer, _ = pretrained.load_model(source, runtime.device)
+    model, tokenizer, _ = pretrained.load_model(source, runtime.device, **cfg.model_changes())
+    if cfg.rope_scaling not in ("", "none") and model.config.rope_factor == 1.0:
+        raise ConfigError(f"rope_scaling={cfg.rope_scaling} with rope_factor=1 keeps block_size tokens as "
+                          "before: add e.g. --rope_factor=4 (the context kept, in multiples of block_size)")
     ids = encode_prompt(tokenizer, read_prompt(cfg.prompt))
     generator = torch.Generator(runtime.device).manual_seed(cfg.seed)
     num_samples = cfg.num_samples

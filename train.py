@@ -402,9 +402,10 @@ def check_same_dataset(stored, meta, folder):
                           "or train a new model in another --out_dir")
 
 
-def model_from_checkpoint(ckpt, device="cpu"):
-    """The trained GPT stored in a checkpoint of this project, in eval mode."""
-    return model_from_state(pick(GPTConfig, ckpt["config"]), ckpt["model"], device)
+def model_from_checkpoint(ckpt, device="cpu", **changes):
+    """The trained GPT stored in a checkpoint of this project, in eval mode; `changes` are model
+    settings that need no retraining (rope_scaling, rope_factor)."""
+    return model_from_state(pick(GPTConfig, {**ckpt["config"], **changes}), ckpt["model"], device)
 
 
 def model_from_state(model_cfg, state_dict, device="cpu"):

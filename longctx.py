@@ -1,0 +1,430 @@
+"""Longer than trained: RoPE context extension and attention sinks, measured on checkpoints.
+
+    python longctx.py --config=configs/longctx_cpu.toml         # the whole study: train, then evaluate
+    python longctx.py --checkpoints=out-gated,out-plain         # evaluate existing RoPE runs only
+    python longctx.py --checkpoints=out --multiples=1,2,4 --methods=none,yarn --num_windows=256
+
+Without --checkpoints it first trains --variants x --seeds as compare.py does
+(any train.py key applies to every run; finished runs are reused), each in
+out_dir/VARIANT-seedN. Nothing is trained for the evaluation itself:
+
+- Context extension. For each method (none, pi, ntk, dynamic_ntk, yarn; the
+  model's rope_scaling and rope_factor) set up for the longest length, s =
+  the largest multiple, the val loss on windows of 1x, 2x, 4x, 8x the trained
+  context (the same val windows, cut to each length), and the loss at each
+  position of the longest windows. As in the paper's Table 5, one extended
+  model is scored at every length, the trained one included.
+- Attention sinks (Xiao et al. 2023). Texts of stream_len tokens are read one
+  token at a time with a KV cache that keeps only a window of the last tokens,
+  once with the first sink_tokens tokens kept in the window and once without;
+  the loss at each position, against full attention.
+
+It prints the tables and writes them to out_dir/longctx.md, every number to
+out_dir/longctx.json, and figures (with matplotlib) to out_dir.
+"""
+
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import analyze
+import compare
+import prepare_data
+import train
+from configurable import ConfigError, opt, parse_args, pick, run_main, to_dict
+from model import ROPE_SCALINGS, GPTConfig, KVCache, rope_frequencies
+from train import TrainConfig
+
+
+# ---------------------------------------------------------------------------
+# Data: the same val windows at every length
+# ---------------------------------------------------------------------------
+
+
+def val_windows(ckpt, length, num_windows, runtime):
+    """(x, y) of `num_windows` val windows of `length` tokens, evenly spaced over the split
+    (overlapping when it is too short to hold them side by side), and whether they overlap."""
+    config = ckpt["config"]
+    folder = prepare_data.dataset_dir(config["data_dir"], config["dataset"])
+    prepare_data.load_meta(folder)  # says so when the data is missing
+    try:
+        windows = train.Batches(folder, length, 1, runtime, seed=0)
+    except ConfigError:
+        raise ConfigError(f"the dataset {folder} is shorter than the longest evaluation, {length} tokens: "
+                          "use smaller --multiples") from None
+    room = len(windows.data["val"]) - length - 1
+    starts = torch.linspace(0, room, num_windows).long()
+    overlap = num_windows > 1 and room / (num_windows - 1) < length + 1
+    x, y = windows.windows("val", starts)
+    return x, y, overlap
+
+
+# ---------------------------------------------------------------------------
+# Context extension: loss per length and per position, for each method
+# ---------------------------------------------------------------------------
+
+
+def scaled(method, factor):
+    """The model settings of a method set up for `factor` x the trained context."""
+    return {"rope_scaling": method, "rope_factor": 1.0 if method == "none" else float(factor)}
+
+
+@torch.no_grad()
+def position_losses(model, x, y, batch_size, runtime):
+    """Mean loss over the windows at each position, (T,) as a float64 numpy array."""
+    total = torch.zeros(x.size(1), dtype=torch.float64, device=x.device)
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        with runtime.autocast():
+            logits, _ = model(xb)
+        loss = F.cross_entropy(logits.float().transpose(1, 2), yb, reduction="none")  # (B, T)
+        total += loss.double().sum(0)
+    return (total / x.size(0)).cpu().numpy()
+
+
+def extension_results(ckpt, x, y, cfg, runtime):
+    """{method: {"loss": {multiple: val loss}, "per_position": [...] at the longest}}."""
+    block = ckpt["config"]["block_size"]
+    multiples, longest = cfg.multiple_list(), max(cfg.multiple_list())
+    out = {}
+    for method in cfg.method_list():
+        model = train.model_from_checkpoint(ckpt, runtime.device, **scaled(method, longest))
+        losses = {m: position_losses(model, x[:, :m * block], y[:, :m * block], cfg.batch_size, runtime)
+                  for m in multiples}
+        out[method] = {"loss": {m: float(v.mean()) for m, v in losses.items()},
+                       "per_position": losses[longest].tolist()}
+    return out
+
+
+def yarn_regimes(ckpt):
+    """How YaRN's ramp treats this model's frequencies: kept (>= 32 rotations in the trained
+    context), interpolated (<= 1) or blended, and each frequency's rotations."""
+    config = pick(GPTConfig, {**ckpt["config"], **scaled("none", 1)})
+    theta = rope_frequencies(config, config.block_size).double()
+    rotations = (config.block_size * theta / (2 * math.pi)).tolist()
+    return {"kept": sum(r >= 32 for r in rotations), "blended": sum(1 < r < 32 for r in rotations),
+            "interpolated": sum(r <= 1 for r in rotations), "rotations": rotations}
+
+
+# ---------------------------------------------------------------------------
+# Attention sinks: a sliding window over the KV cache, with and without the first tokens
+# ---------------------------------------------------------------------------
+
+
+class WindowCache(KVCache):
+    """A KV cache whose attention sees only the first `sinks` tokens and the last `window - sinks`
+    (StreamingLLM's cache, Xiao et al. 2023; sinks=0 is plain window attention). Keys keep the
+    positions they were rotated at when they entered the cache."""
+
+    def __init__(self, config, capacity, window, sinks):
+        super().__init__(config, capacity)
+        self.window, self.sinks = window, sinks
+
+    def update(self, layer, k, v):
+        k, v = super().update(layer, k, v)
+        end = k.size(2)
+        if end <= self.window:
+            return k, v
+        keep = torch.cat([torch.arange(self.sinks), torch.arange(end - self.window + self.sinks, end)])
+        keep = keep.to(k.device)
+        return k[:, :, keep], v[:, :, keep]
+
+
+@torch.no_grad()
+def streamed_losses(model, x, y, window, sinks, batch_size, runtime):
+    """Loss at each position (mean over texts) when the texts are read one token at a time
+    through a WindowCache of `window` tokens keeping `sinks` first tokens."""
+    total = torch.zeros(x.size(1), dtype=torch.float64, device=x.device)
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        cache = WindowCache(model.config, xb.size(1), window, sinks)
+        for t in range(xb.size(1)):
+            with runtime.autocast():
+                logits, _ = model(xb[:, t:t + 1], cache=cache)
+            total[t] += F.cross_entropy(logits[:, -1].float(), yb[:, t], reduction="sum").double()
+    return (total / x.size(0)).cpu().numpy()
+
+
+def sink_window(cfg, block):
+    """The sink test's text length and window for a model of context `block`, checked."""
+    length, window = cfg.stream_len or block, cfg.window or max(1, block // 4)
+    if not cfg.sink_tokens < window < length:
+        raise ConfigError(f"the sink test needs sink_tokens ({cfg.sink_tokens}) < window ({window}) < "
+                          f"stream_len ({length}): change --window, --sink_tokens or --stream_len")
+    return length, window
+
+
+def sink_results(ckpt, x, y, cfg, runtime):
+    """Per-position loss with full attention, a window without sinks and a window with them."""
+    length, window = sink_window(cfg, ckpt["config"]["block_size"])
+    model = train.model_from_checkpoint(ckpt, runtime.device)
+    x, y = x[:, :length], y[:, :length]
+    curves = {"full attention": position_losses(model, x, y, cfg.batch_size, runtime),
+              "window": streamed_losses(model, x, y, window, 0, cfg.batch_size, runtime),
+              f"window + {cfg.sink_tokens} sinks": streamed_losses(model, x, y, window, cfg.sink_tokens,
+                                                                   cfg.batch_size, runtime)}
+    # Whether there is a sink to keep: attention on the first token with full attention (analyze.py).
+    stats = analyze.model_stats(model, x.split(cfg.batch_size))
+    # The conditions differ only once the first tokens have left the window.
+    return {"window": window, "sinks": cfg.sink_tokens, "length": length,
+            "f_attn": stats["f_attn"], "sink_1": stats["sink_1"],
+            "loss_after_window": {name: float(c[window:].mean()) for name, c in curves.items()},
+            "per_position": {name: c.tolist() for name, c in curves.items()}}
+
+
+def evaluate_checkpoint(path, cfg, runtime):
+    """Every number of one checkpoint: context extension, YaRN's regimes and the sink test."""
+    ckpt = train.load_checkpoint(path, runtime.device)
+    block = ckpt["config"]["block_size"]
+    if ckpt["config"].get("pos_emb") != "rope":
+        raise ConfigError(f"{path} has learned positions, which stop at block_size={block}: "
+                          "train it with pos_emb=rope to evaluate it past its context")
+    longest = block * max(cfg.multiple_list())
+    x, y, overlap = val_windows(ckpt, max(longest, cfg.stream_len), cfg.num_windows, runtime)
+    return {"block_size": block, "step": ckpt["step"], "windows": x.size(0), "window_tokens": longest,
+            "windows_overlap": overlap, "extension": extension_results(ckpt, x, y, cfg, runtime),
+            "yarn_regimes": yarn_regimes(ckpt), "sinks": sink_results(ckpt, x, y, cfg, runtime)}
+
+
+# ---------------------------------------------------------------------------
+# Runs: the checkpoints given, or variants x seeds trained as compare.py trains them
+# ---------------------------------------------------------------------------
+
+
+def training_runs(cfg, model_cfg, train_cfg):
+    """{run folder: settings} for each variant and seed, checked, before anything is trained."""
+    if model_cfg.pos_emb != "rope":
+        raise ConfigError("context extension needs RoPE: add --pos_emb=rope (configs/longctx_cpu.toml sets it)")
+    sink_window(cfg, model_cfg.block_size)
+    shared = compare.shared_settings(model_cfg, train_cfg)
+    runs = {}
+    for name in compare.parse_variants(cfg.variants):
+        for seed in range(train_cfg.seed, train_cfg.seed + cfg.seeds):
+            runs[Path(cfg.out_dir) / f"{name}-seed{seed}"] = {**compare.run_settings(shared, name), "seed": seed}
+    return runs
+
+
+def checkpoint_paths(cfg, model_cfg, train_cfg):
+    """The checkpoints to evaluate, training them first when none are given."""
+    if cfg.checkpoints:
+        changed = {k for k, v in to_dict(model_cfg, train_cfg).items() if v != to_dict(GPTConfig(), TrainConfig())[k]}
+        if changed - {"device", "out_dir"}:
+            raise ConfigError("training settings have no effect with --checkpoints: drop them, or drop "
+                              "--checkpoints to train the runs first")
+        paths = [Path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
+        return [p if p.suffix == ".pt" else p / "ckpt.pt" for p in paths]
+    runs = training_runs(cfg, model_cfg, train_cfg)
+    for run_dir, settings in runs.items():
+        start = time.perf_counter()
+        how = compare.run_variant(settings, run_dir, cfg.fresh)
+        print(f"{run_dir}: {how} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return [run_dir / "ckpt.pt" for run_dir in runs]
+
+
+def model_name(path):
+    """A checkpoint's name in the tables: its run folder, with a -seedN suffix dropped (seeds pool)."""
+    folder = path.parent.name if path.name == "ckpt.pt" else path.stem
+    return re.sub(r"-seed\d+$", "", folder)
+
+
+def pooled(results):
+    """{model: [result of each of its seeds]}, in first-seen order."""
+    groups = {}
+    for path, result in results.items():
+        groups.setdefault(model_name(Path(path)), []).append(result)
+    return groups
+
+
+# ---------------------------------------------------------------------------
+# Tables and figures
+# ---------------------------------------------------------------------------
+
+
+def spread(values, fmt="{:.3f}"):
+    """'mean' for one value; 'mean ± sd' over seeds."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.replace('+', '').format(statistics.stdev(values))}"
+
+
+def extension_table(groups, cfg):
+    block = next(iter(groups.values()))[0]["block_size"]
+    multiples = cfg.multiple_list()
+    lines = ["| scaling | model | " + " | ".join(f"{m}x ({m * block})" for m in multiples) + " |",
+             "|---|---|" + "---:|" * len(multiples)]
+    for method in cfg.method_list():
+        for name, runs in groups.items():
+            cells = [spread([r["extension"][method]["loss"][m] for r in runs]) for m in multiples]
+            lines.append(f"| {method} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scaling_cost_table(groups, cfg):
+    """What each method costs at the trained length: its 1x loss minus the unscaled model's, per seed."""
+    methods = [m for m in cfg.method_list() if m != "none"]
+    lines = ["| model | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for name, runs in groups.items():
+        base = [r["extension"]["none"]["loss"][1] for r in runs]
+        cells = [spread([r["extension"][m]["loss"][1] - b for r, b in zip(runs, base)], "{:+.3f}") for m in methods]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sink_table(groups):
+    first = next(iter(groups.values()))[0]["sinks"]
+    names = list(first["loss_after_window"])
+    lines = ["| model | F-Attn | Sink_1 (%) | " + " | ".join(names) + " |", "|---|---:|---:|" + "---:|" * len(names)]
+    for name, runs in groups.items():
+        cells = [spread([r["sinks"][key] for r in runs], fmt) for key, fmt in (("f_attn", "{:.3f}"),
+                                                                               ("sink_1", "{:.1f}"))]
+        cells += [spread([r["sinks"]["loss_after_window"][n] for r in runs]) for n in names]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe(groups, cfg):
+    """What the numbers are measured on, in words."""
+    r = next(iter(groups.values()))[0]
+    s, yarn = r["sinks"], r["yarn_regimes"]
+    seeds = ", ".join(f"{name} {len(runs)}" for name, runs in groups.items())
+    pooling = (f"mean ± sd over seeds ({seeds})" if any(len(runs) > 1 for runs in groups.values())
+               else "one checkpoint per model")
+    return (f"Val loss on {r['windows']} val windows of {r['window_tokens']} tokens"
+            f"{' (overlapping: the split is short)' if r['windows_overlap'] else ''}, cut to each length; "
+            f"every method set up for {max(cfg.multiple_list())}x; {pooling}. "
+            f"YaRN's ramp on the {len(yarn['rotations'])} RoPE frequencies: {yarn['kept']} kept (>= 32 rotations "
+            f"in {r['block_size']} tokens), {yarn['blended']} blended, {yarn['interpolated']} interpolated as in PI. "
+            f"Sinks: F-Attn and Sink_1 (analyze.py) with full attention, and the loss at positions "
+            f"{s['window']}-{s['length'] - 1} of texts of {s['length']} tokens read with a window of {s['window']} "
+            f"tokens, with and without the first {s['sinks']} kept.")
+
+
+def report(groups, cfg):
+    """The tables and what they are measured on, as markdown."""
+    parts = [f"Val loss by evaluated length:\n\n{extension_table(groups, cfg)}"]
+    if "none" in cfg.method_list() and 1 in cfg.multiple_list():
+        parts.append(f"Change of the loss at the trained length, against no scaling:\n\n"
+                     f"{scaling_cost_table(groups, cfg)}")
+    parts.append(f"Attention sinks, and the loss once the window slides:\n\n{sink_table(groups)}")
+    parts.append(describe(groups, cfg))
+    return "\n\n".join(parts)
+
+
+def plot_extension(path, groups, cfg):
+    """Loss against length per method (one panel per model), and per position at the longest length."""
+    fig = analyze.new_figure(12, 7)
+    axes = fig.subplots(2, len(groups), squeeze=False)
+    multiples, longest = cfg.multiple_list(), max(cfg.multiple_list())
+    ymax = max(np.mean([r["extension"][m]["loss"][1 if 1 in multiples else multiples[0]] for r in runs])
+               for runs in groups.values() for m in cfg.method_list()) + 1.5
+    for col, (name, runs) in enumerate(groups.items()):
+        block = runs[0]["block_size"]
+        for method in cfg.method_list():
+            losses = np.array([[r["extension"][method]["loss"][m] for m in multiples] for r in runs])
+            line, = axes[0, col].plot([m * block for m in multiples], losses.mean(0), marker="o", label=method)
+            curve = np.mean([r["extension"][method]["per_position"] for r in runs], axis=0)
+            axes[1, col].plot(compare.smooth(curve, 16), lw=1, color=line.get_color(), label=method)
+        axes[0, col].set_xscale("log", base=2)
+        axes[0, col].minorticks_off()
+        axes[0, col].set(xlabel="evaluated length (tokens)", ylabel="val loss", ylim=(None, ymax),
+                         title=f"{name}: val loss by length")
+        axes[0, col].set_xticks([m * block for m in multiples], [str(m * block) for m in multiples])
+        axes[1, col].axvline(block, color="gray", ls=":")
+        axes[1, col].set(xlabel="position", ylabel="loss (mean of 16 positions)", ylim=(None, ymax),
+                         title=f"{name}: loss by position at {longest}x")
+        axes[0, col].legend()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot_sinks(path, groups):
+    fig = analyze.new_figure(12, 3.6)
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, (name, runs) in zip(axes, groups.items()):
+        s = runs[0]["sinks"]
+        for label in s["per_position"]:
+            ax.plot(compare.smooth(np.mean([r["sinks"]["per_position"][label] for r in runs], axis=0), 4),
+                    lw=1, label=label)
+        ax.axvline(s["window"], color="gray", ls=":")
+        ax.set(xlabel="position", ylabel="loss (mean of 4 positions)",
+               title=f"{name}: window of {s['window']} tokens")
+        ax.legend()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LongCtxConfig:
+    checkpoints: str = opt("", "run folders or ckpt.pt files to evaluate, comma-separated (empty: train "
+                               "--variants x --seeds first)")
+    variants: str = opt("none,elementwise", "without --checkpoints: compare.py's variants to train")
+    seeds: int = opt(3, "without --checkpoints: seeds per variant (seed, seed + 1, ...)")
+    out_dir: str = opt("runs/longctx", "folder for the runs, the tables and the figures")
+    fresh: bool = opt(False, "retrain every run instead of reusing finished ones")
+    multiples: str = opt("1,2,4,8", "evaluated lengths, in multiples of the trained context")
+    methods: str = opt(",".join(ROPE_SCALINGS), "context-extension methods to compare (model rope_scaling values)")
+    num_windows: int = opt(64, "val windows (the same at every length)")
+    batch_size: int = opt(16, "windows per forward pass")
+    window: int = opt(0, "sink test: tokens the sliding window keeps (0: a quarter of block_size)")
+    sink_tokens: int = opt(4, "sink test: first tokens kept in the window (Xiao et al. keep 4)")
+    stream_len: int = opt(0, "sink test: tokens per text (0: block_size, where every distance was trained)")
+
+    def __post_init__(self):
+        if min(self.seeds, self.num_windows, self.batch_size) < 1 or min(self.window, self.sink_tokens,
+                                                                            self.stream_len) < 0:
+            raise ConfigError("seeds, num_windows and batch_size must be at least 1; window, sink_tokens "
+                              "and stream_len not negative")
+        self.multiple_list()
+        self.method_list()
+
+    def multiple_list(self):
+        try:
+            multiples = sorted({int(m) for m in self.multiples.split(",") if m.strip()})
+        except ValueError:
+            multiples = []
+        if not multiples or multiples[0] < 1:
+            raise ConfigError(f"bad value {self.multiples!r} for 'multiples': give whole numbers, e.g. 1,2,4,8")
+        return multiples
+
+    def method_list(self):
+        methods = list(dict.fromkeys(m.strip() for m in self.methods.split(",") if m.strip()))
+        bad = [m for m in methods if m not in ROPE_SCALINGS] or ([] if methods else [""])
+        if bad:
+            raise ConfigError(f"bad method {bad[0]!r} in 'methods': choose from {', '.join(ROPE_SCALINGS)}")
+        return methods
+
+
+def main(argv=None):
+    """Train the runs if asked, evaluate every checkpoint, write the tables and figures; returns the results."""
+    cfg, model_cfg, train_cfg = parse_args([LongCtxConfig, GPTConfig, TrainConfig], argv, prog="longctx.py",
+                                           description=__doc__)
+    paths = checkpoint_paths(cfg, model_cfg, train_cfg)
+    runtime = train.setup_runtime(train_cfg.device, "float32")
+    start = time.perf_counter()
+    results = {str(path): evaluate_checkpoint(path, cfg, runtime) for path in paths}
+    print(f"evaluated {len(paths)} checkpoint(s) in {time.perf_counter() - start:.0f} s")
+    groups = pooled(results)
+    text = report(groups, cfg)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "longctx.md").write_text(text + "\n")
+    analyze.write_report(out_dir / "longctx.json", to_dict(cfg), results)
+    print(f"\n{text}\ntables: {out_dir / 'longctx.md'}, {out_dir / 'longctx.json'}")
+    if analyze.has_matplotlib():
+        print(f"figures: {plot_extension(out_dir / 'extension.png', groups, cfg)}, "
+              f"{plot_sinks(out_dir / 'sinks.png', groups)}")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)
