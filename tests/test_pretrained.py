@@ -55,6 +55,12 @@ def test_nanogpt_checkpoint_loads_with_its_vocabulary(tmp_path, compiled, bias):
     assert torch.equal(model(idx)[0], original(idx)[0])
 
 
+def test_rope_scaling_is_refused_for_learned_positions(tmp_path):
+    nanogpt_run(tmp_path)
+    with pytest.raises(ConfigError, match="rope_scaling applies to RoPE models, and .* has learned positions"):
+        pretrained.load_model(tmp_path / "out", rope_scaling="yarn")
+
+
 def test_sample_and_analyze_read_a_nanogpt_checkpoint(tmp_path, data_dir, capsys):
     nanogpt_run(tmp_path)
     samples = sample.main([f"--out_dir={tmp_path / 'out'}", "--prompt=ROMEO:", "--num_samples=1",
