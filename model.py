@@ -315,37 +315,56 @@ class GPT(nn.Module):
         if config.vocab_size < 1:
             raise ConfigError("vocab_size must be set (it is normally taken from the dataset)")
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, config.bias),
-        ))
-        if config.pos_emb == "learned":
-            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:
+        # Building a Linear or an Embedding draws a default init, more numbers for a gated
+        # model's wider c_attn; init_weights draws every parameter again, so these draws are
+        # kept off the global generator, where they would shift every draw after them.
+        with torch.random.fork_rng(devices=[]):
+            self.transformer = nn.ModuleDict(dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, config.bias),
+            ))
+            if config.pos_emb == "learned":
+                self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.pos_emb == "rope":
             cos, sin = rope_tables(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
-        self.apply(self._init_weights)
-        # GPT-2's scaled init: each residual branch adds to the stream, so its
-        # output projection starts smaller with depth.
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.init_weights()
 
-    @staticmethod
-    def _init_weights(module):
-        # Every Linear, the gate's columns of c_attn included, starts at
-        # N(0, 0.02) as in the paper's code, so sigmoid gates start near 0.5.
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    @torch.no_grad()
+    def init_weights(self):
+        """GPT-2's init, paired: a gated and a plain model built after the same seed start with
+        the same values in every parameter they share (wte, wpe, LayerNorms, MLP, c_proj and the
+        q, k, v rows of c_attn), so comparing them measures the gate, not two different draws.
+
+        The shared parameters come from the global generator in the plain model's order; the
+        gate's rows of c_attn come last, from a generator of their own.
+        """
+        shared_rows = 3 * self.config.n_embd  # c_attn's rows: q, k, v, then the gate's
+        gate_weights = []
+        for name, p in self.named_parameters():  # the tied lm_head is wte, listed once
+            if name.endswith("c_attn.weight"):
+                nn.init.normal_(p[:shared_rows], mean=0.0, std=0.02)
+                gate_weights.append(p[shared_rows:])
+            elif name.endswith("c_proj.weight"):
+                # GPT-2's scaled init: each residual branch adds to the stream, so its
+                # output projection starts smaller with depth.
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+            elif p.dim() == 2:  # wte, wpe, c_fc
+                nn.init.normal_(p, mean=0.0, std=0.02)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+        # The gate's rows start at N(0, 0.02) as in the paper's code, so sigmoid gates start
+        # near 0.5. Their seed is drawn with or without a gate, so that a plain and a gated
+        # model leave the global generator in the same state (dropout pairs up too).
+        gate_seed = int(torch.randint(2**62, ()))
+        generator = torch.Generator(self.lm_head.weight.device).manual_seed(gate_seed)
+        for weight in gate_weights:
+            nn.init.normal_(weight, mean=0.0, std=0.02, generator=generator)
 
     def num_params(self, embeddings=True):
         """Parameters, counting the tied embedding once; embeddings=False leaves out wte and wpe."""

@@ -186,7 +186,9 @@ def peak_flops(device_type, dtype=torch.bfloat16, device_name=None):
 
 
 def measure_matmul_flops(dtype, n=1024, repeats=8, trials=3):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    # Its own generator: a draw from the global one would shift dropout after a resume.
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, dtype=dtype, generator=generator) for _ in range(2))
     a @ b  # warm-up
     best = float("inf")
     for _ in range(trials):  # a peak: the best of a few trials, as other work may share the CPU

@@ -120,6 +120,57 @@ def test_gate_parameter_counts(bias):
     assert GPT(tiny(gate="headwise", gate_input="independent", **cfg)).num_params() - plain == 3 * 4
 
 
+PAIRED_VARIANTS = [v for v in VARIANTS if v.get("gate", "elementwise") != "none"] + [
+    dict(gate="elementwise", qk_norm=True), dict(gate="elementwise", bias=True, dropout=0.1)]
+
+
+def shared_parameters(model):
+    """Every parameter a plain model also has; c_attn restricted to its q, k, v rows."""
+    rows = 3 * model.config.n_embd
+    return {name: (p[:rows] if name.endswith("c_attn.weight") or name.endswith("c_attn.bias") else p)
+            for name, p in model.named_parameters() if "gate_logits" not in name}
+
+
+@pytest.mark.parametrize("kw", PAIRED_VARIANTS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_paired_initialisation(kw):
+    """A plain and a gated model built after the same seed share every parameter they both have,
+    and leave the global generator in the same state, so a comparison measures the gate."""
+    plain_kw = {k: v for k, v in kw.items() if k in ("pos_emb", "qk_norm", "bias", "dropout")}
+    torch.manual_seed(7)
+    plain = GPT(tiny(gate="none", **plain_kw))
+    after_plain = torch.get_rng_state()
+    torch.manual_seed(7)
+    gated = GPT(tiny(**kw))
+    assert torch.equal(torch.get_rng_state(), after_plain)
+    shared_plain, shared_gated = shared_parameters(plain), shared_parameters(gated)
+    assert sorted(shared_plain) == sorted(shared_gated)
+    for name, p in shared_plain.items():
+        assert torch.equal(p, shared_gated[name]), name
+    if kw.get("gate_input") != "independent":  # the gate's own rows are random, N(0, 0.02)
+        gate_rows = gated.transformer.h[0].attn.c_attn.weight[3 * 16:]
+        assert gate_rows.numel() > 0 and 0.01 < gate_rows.std().item() < 0.03
+    # The step-0 difference comes only from the gate: with the gate taken out, same logits.
+    idx = torch.randint(0, VOCAB, (2, 16))
+    plain.eval(), gated.eval()
+    for block in gated.transformer.h:
+        block.attn.apply_gate = lambda x, scores: x
+    assert torch.equal(plain(idx)[0], gated(idx)[0])
+
+
+def test_initialisation_follows_the_seed():
+    torch.manual_seed(3)
+    a = GPT(tiny(gate="elementwise"))
+    torch.manual_seed(3)
+    b = GPT(tiny(gate="elementwise"))
+    torch.manual_seed(4)
+    c = GPT(tiny(gate="elementwise"))
+    gate_rows = lambda m: m.transformer.h[1].attn.c_attn.weight[48:]  # noqa: E731
+    assert torch.equal(gate_rows(a), gate_rows(b)) and not torch.equal(gate_rows(a), gate_rows(c))
+    assert not torch.equal(a.transformer.wte.weight, c.transformer.wte.weight)
+    # The gate's rows are not a copy of any shared draw.
+    assert not torch.equal(gate_rows(a)[:16], a.transformer.h[1].attn.c_attn.weight[:16])
+
+
 def test_num_params_without_embeddings():
     model = GPT(tiny(gate="none"))
     assert model.num_params() - model.num_params(embeddings=False) == VOCAB * 16 + 16 * 16

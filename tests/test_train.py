@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import analyze
 import sample
 import train
 from configurable import ConfigError
-from model import GPT
+from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,7 @@ def test_resumed_run_equals_uninterrupted(data_dir, tmp_path, interrupted_after)
     with interrupted_after(13):
         train.main(args(data_dir, tmp_path / "resumed", *common))
     assert train.load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["step"] == 10
+    train.peak_flops.cache_clear()  # a resumed run is a new process: nothing is cached
     train.main([f"--out_dir={tmp_path / 'resumed'}", "--resume"])
 
     straight, resumed = read_metrics(tmp_path / "straight")[1], read_metrics(tmp_path / "resumed")[1]
@@ -58,6 +60,20 @@ def test_resumed_run_equals_uninterrupted(data_dir, tmp_path, interrupted_after)
     a = train.load_checkpoint(tmp_path / "straight" / "ckpt.pt")
     b = train.load_checkpoint(tmp_path / "resumed" / "ckpt.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_measurements_and_evaluation_leave_the_global_generator_alone(data_dir):
+    """Only training draws from the global generator (dropout), so resuming restores it exactly."""
+    runtime = train.setup_runtime("cpu", "float32")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.2))
+    batches = train.Batches(data_dir / "tiny", 16, 4, runtime, seed=1)
+    cfg = train.TrainConfig(eval_iters=2)
+    before = torch.get_rng_state()
+    train.measure_matmul_flops(torch.float32, n=64, repeats=1, trials=1)
+    train.evaluate(model, batches, cfg, runtime)
+    analyze.eval_record(model, batches.eval_set("val", 1)[0][0], [2.0, 1.0], [1.0, 1.0], 10)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_resume_can_extend_a_finished_run(data_dir, tmp_path):
