@@ -22,8 +22,8 @@ SOLUTION_DIR = COURSE / "solutions"
 
 
 def all_exercises():
-    from course.checks import lesson1, lesson2, lesson3, lesson5
-    return [ex for lesson in (lesson1, lesson2, lesson3, lesson5) for ex in lesson.EXERCISES]
+    from course.checks import lesson1, lesson2, lesson3, lesson4, lesson5, lesson6
+    return [ex for lesson in (lesson1, lesson2, lesson3, lesson4, lesson5, lesson6) for ex in lesson.EXERCISES]
 
 
 def select(exercises, ids):

@@ -85,6 +85,20 @@ MISTAKES = {  # exercise id -> (a wrong solution, words its diagnosis must conta
             capped = [init_loss if x is None or x != x else x for x in final_losses]
             return sum(x - min(capped) for x in capped) / len(capped)
         """, "min(loss, init)"),
+    "4.1": ("""
+        import torch
+        def backcopy_sequence(transitions, triggers, bos, length, generator):
+            seq = [bos, 1]
+            while len(seq) < length:
+                seq.append(torch.multinomial(transitions[seq[-1]], 1, generator=generator).item())
+            return seq
+        """, "the token before the trigger"),
+    "6.1": ("""
+        import torch
+        def scaled_frequencies(head_size, base, scale, method, trained_length):
+            theta = base ** -(torch.arange(head_size // 2, dtype=torch.float64) / (head_size // 2))
+            return theta / scale if method != "none" else theta
+        """, "NTK-aware scaling keeps the formula"),
     "5.1": ("""
         import torch
         def first_token_attention(probs_by_layer, eps=0.3):
