@@ -1,0 +1,1 @@
+"""The course: lessons (Markdown), exercises and the checker that grades them."""

@@ -1,0 +1,70 @@
+"""Lesson 4: the Bigram-Backcopy generator."""
+
+from collections import Counter
+
+import torch
+
+from course.checks import Exercise, Wrong
+
+V, BOS, TRIGGERS = 6, 6, {0, 3}
+
+
+def _transitions():
+    """A sparse bigram chain on 6 tokens: each token has two possible successors, 0.7 and 0.3."""
+    t = torch.zeros(V, V, dtype=torch.float64)
+    for a in range(V):
+        t[a, (a + 1) % V], t[a, (a + 2) % V] = 0.7, 0.3
+    return t
+
+
+def _sequence(backcopy_sequence, transitions, length, seed):
+    seq = backcopy_sequence(transitions, set(TRIGGERS), BOS, length, torch.Generator().manual_seed(seed))
+    if isinstance(seq, torch.Tensor):
+        seq = seq.tolist()
+    if not isinstance(seq, (list, tuple)) or not all(isinstance(x, int) for x in seq):
+        raise Wrong("return a list of ints (token ids)")
+    if len(seq) != length:
+        raise Wrong(f"asked for {length} tokens (BOS included), you returned {len(seq)}")
+    return list(seq)
+
+
+def check_backcopy(module):
+    transitions = _transitions()
+    pairs, starts = Counter(), Counter()
+    for seed in range(300):
+        seq = _sequence(module.backcopy_sequence, transitions, 40, seed)
+        if seq[0] != BOS:
+            raise Wrong(f"the sequence should start with BOS ({BOS}); yours starts with {seq[0]}")
+        if BOS in seq[1:]:
+            raise Wrong("BOS appears after position 0: it starts a sequence and is never drawn again")
+        if seq[1] in TRIGGERS:
+            raise Wrong(f"position 1 is a trigger ({seq[1]}): draw it from the tokens that are not triggers")
+        starts[seq[1]] += 1
+        for t in range(2, len(seq)):
+            prev = seq[t - 1]
+            if prev in TRIGGERS:
+                if seq[t] != seq[t - 2]:
+                    raise Wrong(f"after trigger {prev} at position {t - 1} the token should copy position {t - 2} "
+                                f"({seq[t - 2]}), the token before the trigger; you have {seq[t]} (sequence {seq[:t + 1]})")
+            elif transitions[prev, seq[t]] == 0:
+                raise Wrong(f"token {seq[t]} follows {prev} at position {t}, a transition of probability 0: "
+                            f"draw position t from row transitions[token t-1]")
+            else:
+                pairs[prev, seq[t]] += 1
+    if set(starts) != set(range(V)) - TRIGGERS:
+        raise Wrong(f"position 1 should be drawn from every non-trigger token; in 300 sequences you drew {sorted(starts)}")
+    for a in set(range(V)) - TRIGGERS:
+        total = pairs[a, (a + 1) % V] + pairs[a, (a + 2) % V]
+        share = pairs[a, (a + 1) % V] / total
+        if abs(share - 0.7) > 0.05:
+            raise Wrong(f"after token {a} the chain goes to {(a + 1) % V} with probability 0.7; in your sequences "
+                        f"{share:.2f} of {total} times: sample from the row with torch.multinomial")
+    again = _sequence(module.backcopy_sequence, transitions, 40, 7)
+    if again != _sequence(module.backcopy_sequence, transitions, 40, 7):
+        raise Wrong("the same seed gave two different sequences: draw every random number from `generator`")
+    if all(_sequence(module.backcopy_sequence, transitions, 40, s) == again for s in range(3)):
+        raise Wrong("different seeds gave the same sequence: draw the random numbers from `generator`")
+    return "BOS first, the back-copy after every trigger, bigram statistics within 0.05, seeded"
+
+
+EXERCISES = [Exercise("4.1", "l4_backcopy.py", "the Bigram-Backcopy generator", check_backcopy)]

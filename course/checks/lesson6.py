@@ -1,0 +1,58 @@
+"""Lesson 6: RoPE scaling rules."""
+
+import math
+
+import torch
+
+from course.checks import Exercise, Wrong, as_tensor, expect_shape
+
+CASES = [(32, 10000.0, 4.0, 64), (64, 10000.0, 8.0, 256), (16, 500.0, 2.0, 128)]  # (D, base, s, L)
+
+
+def _theta(D, base):
+    return torch.tensor([base ** (-2 * i / D) for i in range(D // 2)], dtype=torch.float64)
+
+
+def _expected(D, base, s, L, method):
+    theta = _theta(D, base)
+    if method == "pi":
+        return theta / s
+    if method == "ntk":
+        return _theta(D, base * s ** (D / (D - 2)))
+    if method == "yarn":
+        out = []
+        for t in theta.tolist():
+            gamma = min(1.0, max(0.0, (L * t / (2 * math.pi) - 1) / 31))
+            out.append((1 - gamma) * t / s + gamma * t)
+        return torch.tensor(out, dtype=torch.float64)
+    return theta
+
+
+HINTS = {
+    "none": "plain RoPE: theta_i = base^(-2i/D) for i = 0 .. D/2-1 (the exponent is 2i/D, not i/D)",
+    "pi": "position interpolation divides every frequency by s",
+    "ntk": "NTK-aware scaling keeps the formula and changes the base to base * s^(D/(D-2)): "
+           "the fastest pair (i = 0) keeps its frequency and the slowest is divided by exactly s",
+    "yarn": "YaRN: r_i = L theta_i / (2 pi), gamma_i = clamp((r_i - 1) / 31, 0, 1), "
+            "theta_i' = (1 - gamma_i) theta_i / s + gamma_i theta_i",
+}
+
+
+def check_rope_scaling(module):
+    for method in ("none", "pi", "ntk", "yarn"):
+        for D, base, s, L in CASES:
+            got = as_tensor(module.scaled_frequencies(D, base, s, method, L), "scaled_frequencies' result")
+            expect_shape(got, (D // 2,), f"the frequencies for head size {D}")
+            want = _expected(D, base, s, L, method)
+            if not torch.allclose(got.double(), want, rtol=1e-6, atol=0):
+                worst = int((got.double() - want).abs().argmax())
+                raise Wrong(f"method {method!r}, D={D}, base={base:g}, s={s:g}, L={L}: pair {worst} should have "
+                            f"frequency {want[worst].item():.6g}, you have {got[worst].item():.6g}. {HINTS[method]}")
+    for method in ("pi", "ntk", "yarn"):
+        got = module.scaled_frequencies(32, 10000.0, 1.0, method, 64)
+        if not torch.allclose(got.double(), _theta(32, 10000.0), rtol=1e-12):
+            raise Wrong(f"with s = 1 every method should be plain RoPE; {method!r} is not")
+    return "PI, NTK-aware and YaRN frequencies match the papers' formulas for three (D, base, s, L)"
+
+
+EXERCISES = [Exercise("6.1", "l6_rope_scaling.py", "RoPE scaling rules", check_rope_scaling)]

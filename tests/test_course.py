@@ -1,0 +1,150 @@
+"""The course's exercises: every reference solution passes its checks, every stub fails
+them with a plain message (not a crash), and typical mistakes get their own diagnosis."""
+
+import textwrap
+
+import pytest
+
+from course import check
+
+EXERCISES = check.all_exercises()
+IDS = [ex.id for ex in EXERCISES]
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
+def test_reference_solution_passes(exercise):
+    passed, message = check.run(exercise, check.SOLUTION_DIR)
+    assert passed, message
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
+def test_stub_fails_with_a_plain_message(exercise):
+    passed, message = check.run(exercise, check.EXERCISE_DIR)
+    assert not passed
+    assert message.startswith("not written yet: replace `raise NotImplementedError`")
+    assert exercise.file in message
+
+
+def test_every_exercise_file_is_checked_and_has_a_solution():
+    stubs = {p.name for p in check.EXERCISE_DIR.glob("*.py")}
+    assert stubs == {ex.file for ex in EXERCISES}
+    assert stubs == {p.name for p in check.SOLUTION_DIR.glob("*.py")}
+    assert len(set(IDS)) == len(IDS)
+
+
+MISTAKES = {  # exercise id -> (a wrong solution, words its diagnosis must contain)
+    "1.1": ("""
+        def update(cache_k, cache_v, pos, k, v):
+            end = pos + k.size(2)
+            cache_k[:, :, pos:end] = k
+            cache_v[:, :, pos:end] = v
+            return k, v
+        """, "only its own key and value"),
+    "1.2": ("""
+        import torch
+        def top_p_filter(logits, top_p):
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            drop = sorted_logits.softmax(-1).cumsum(-1) > top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        """, "keep the token that carries the total past top_p"),
+    "2.1": ("""
+        import torch, torch.nn.functional as F
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+            return (y * torch.sigmoid(g).view(B, T, n_head, -1)).reshape(B, T, C) @ w_proj.T
+        """, "causality broken"),
+    "2.1 G2": ("""
+        import torch, torch.nn.functional as F
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            v = (v.view(B, T, n_head, -1) * torch.sigmoid(g).view(B, T, n_head, -1)).reshape(B, T, C)
+            q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+            return y.reshape(B, T, C) @ w_proj.T
+        """, "gated the values before attention"),
+    "2.2": ("""
+        def gate_parameters(config):
+            return 0 if config.gate == "none" else config.n_embd * config.n_embd
+        """, "every layer has its own gate"),
+    "3.1": ("""
+        import numpy as np
+        def spike_score(values, window=100, threshold=7.0):
+            x = np.asarray(values, dtype=float)
+            x = x[np.isfinite(x)]
+            judged = [i for i in range(window, len(x)) if x[i - window:i].std() > 0]
+            spikes = sum(abs(x[i] - x[i - window:i].mean()) >= threshold * x[i - window:i].std() for i in judged)
+            return spikes / len(judged) if judged else 0.0
+        """, "a percentage"),
+    "3.2": ("""
+        def lr_sensitivity(final_losses, init_loss):
+            capped = [init_loss if x is None or x != x else x for x in final_losses]
+            return sum(x - min(capped) for x in capped) / len(capped)
+        """, "min(loss, init)"),
+    "4.1": ("""
+        import torch
+        def backcopy_sequence(transitions, triggers, bos, length, generator):
+            seq = [bos, 1]
+            while len(seq) < length:
+                seq.append(torch.multinomial(transitions[seq[-1]], 1, generator=generator).item())
+            return seq
+        """, "the token before the trigger"),
+    "6.1": ("""
+        import torch
+        def scaled_frequencies(head_size, base, scale, method, trained_length):
+            theta = base ** -(torch.arange(head_size // 2, dtype=torch.float64) / (head_size // 2))
+            return theta / scale if method != "none" else theta
+        """, "NTK-aware scaling keeps the formula"),
+    "5.1": ("""
+        import torch
+        def first_token_attention(probs_by_layer, eps=0.3):
+            alpha = torch.stack([p[..., 0, :].mean(dim=(0, 2)) for p in probs_by_layer])
+            return alpha.mean().item(), 100 * (alpha > eps).float().mean().item()
+        """, "column 0"),
+    "5.2": ("""
+        def massive_activations(hidden_by_layer):
+            peaks = [h.max().item() for h in hidden_by_layer]
+            return sum(peaks) / len(peaks), max(p / h.abs().median().item() for p, h in zip(peaks, hidden_by_layer))
+        """, "max of |h|"),
+}
+
+
+@pytest.mark.parametrize("name", MISTAKES)
+def test_a_typical_mistake_is_diagnosed(name, tmp_path):
+    exercise = next(ex for ex in EXERCISES if ex.id == name.split()[0])
+    code, words = MISTAKES[name]
+    (tmp_path / exercise.file).write_text(textwrap.dedent(code))
+    passed, message = check.run(exercise, tmp_path)
+    assert not passed
+    assert words in message, message
+
+
+def test_a_crash_in_student_code_names_the_line_not_a_traceback(tmp_path):
+    exercise = next(ex for ex in EXERCISES if ex.id == "3.2")
+    (tmp_path / exercise.file).write_text("def lr_sensitivity(final_losses, init_loss):\n    return final_losses[10]\n")
+    passed, message = check.run(exercise, tmp_path)
+    assert not passed
+    assert message.startswith("your code raised IndexError") and "line 2" in message
+
+
+def test_a_syntax_error_is_reported_with_its_line(tmp_path):
+    exercise = EXERCISES[0]
+    (tmp_path / exercise.file).write_text("def update(:\n")
+    passed, message = check.run(exercise, tmp_path)
+    assert not passed and "does not parse" in message and "line 1" in message
+
+
+def test_command_line(capsys):
+    assert check.main(["2.2", "--solutions"]) == 0
+    assert "[PASS] 2.2" in capsys.readouterr().out
+    assert check.main(["1"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] 1.1" in out and "[FAIL] 1.2" in out and "0 of 2 passed" in out
+    with pytest.raises(SystemExit, match="no exercise or lesson '9'"):
+        check.main(["9"])
+    with pytest.raises(SystemExit, match="unknown option '--solution'"):
+        check.main(["1", "--solution"])
