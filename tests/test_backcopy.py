@@ -31,7 +31,7 @@ def backcopy_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def plays_bigrams():
     """Which character follows which in the built-in plays, and how often each occurs."""
-    text, _ = prepare_data.shakespeare_text("")
+    text, _ = prepare_data.plays_text()
     tokenizer = prepare_data.CharTokenizer(sorted(set(text)))
     return prepare_data.bigram_statistics(np.array(tokenizer.encode(text)), tokenizer.vocab_size)
 
