@@ -368,9 +368,9 @@ class GPT(nn.Module):
 
         With a `cache`, idx continues the cached sequence and only the last
         position's logits are computed (what generation needs). `observe`, a
-        callable (layer, name, tensor), receives the gate scores, attention
-        logits and probabilities, gated attention output and hidden states
-        layer by layer, so analysis never holds every layer at once.
+        callable (layer, name, tensor), receives the gate scores, value vectors,
+        attention logits and probabilities, gated attention output and hidden
+        states layer by layer, so analysis never holds every layer at once.
         """
         B, T = idx.shape
         offset = cache.pos if cache is not None else 0
