@@ -13,8 +13,13 @@ finished run with the same settings is reused and an interrupted one resumed,
 so running the command again only redoes the table and figures; --fresh
 retrains. Then one table, side by side (printed, and written to
 out_dir/compare.md and compare.json), and figures (with matplotlib):
-out_dir/loss.png (loss and gradient-norm curves) and out_dir/layers.png
-(first-token attention, M-Act and mean gate per layer).
+out_dir/loss.png (loss and gradient-norm curves), out_dir/layers.png
+(first-token attention, M-Act and mean gate per layer), out_dir/emergence.png
+(F-Attn over training and, on a dataset with query classes such as backcopy,
+BOS attention and gate per class) and out_dir/bos_classes.png (BOS attention
+and gate per query class, value and residual norms at BOS against the rest).
+
+    python compare.py --config=configs/sink_cpu.toml         # see the sink: Bigram-Backcopy, a few CPU minutes
 """
 
 import json
@@ -27,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import analyze
+from metrics import spike_score
 import train
 from configurable import ConfigError, format_settings, opt, parse_args, pick, run_main, to_dict
 from model import GPTConfig
@@ -209,8 +215,8 @@ def training_stats(metrics, spike_window):
         "steps": len(steps),
         "diverged_at": metrics["diverged"]["step"] if metrics["diverged"] else None,
         # OLMo 2's spike scores, with the window the run used.
-        "loss_spike_score": analyze.spike_score(losses, spike_window),
-        "grad_spike_score": analyze.spike_score(norms, spike_window),
+        "loss_spike_score": spike_score(losses, spike_window),
+        "grad_spike_score": spike_score(norms, spike_window),
         "max_grad_norm": max(norms, default=None),
         "max_attn_logit_curve": logits,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps) if steps else None,
@@ -261,6 +267,7 @@ def format_table(results):
             cells = [f"diverged at step {results[n]['diverged_at']}" if results[n]["diverged_at"] is not None
                      else cell for n, cell in zip(names, cells)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in analyze.sink_rows(results)]
     return "\n".join(lines)
 
 
@@ -291,8 +298,9 @@ def describe_settings(settings, lr_text=None):
 
 
 def analysis_note(settings):
-    return (f"F-Attn, Sink_1, M-Act, attention logit and gate on {ANALYSIS_SEQUENCES} val sequences of "
-            f"{min(64, settings['block_size'])} tokens")
+    start = " starting at a BOS" if settings["bos_aligned"] else ""
+    return (f"F-Attn, Sink_1, M-Act, attention logit, gate and the loss changes on {ANALYSIS_SEQUENCES} val "
+            f"sequences of {min(64, settings['block_size'])} tokens{start}")
 
 
 def smooth(values, window):
@@ -338,6 +346,47 @@ def plot_losses(path, metrics_by_name, title):
 def uniform_first_token_attention(seq_len):
     """F-Attn of attention spread evenly over the causal context: mean over t < T of 1 / (t + 1)."""
     return sum(1.0 / (t + 1) for t in range(seq_len)) / seq_len
+
+
+def plot_emergence(path, metrics_by_name, title):
+    """Over training, from each evaluation: F-Attn and, with query classes, the BOS attention
+    and mean gate of dormant (solid) and active (dashed) queries per layer."""
+    evals = {name: m["evals"] for name, m in metrics_by_name.items()}
+    classes = any("bos_attn_dormant" in r for records in evals.values() for r in records)
+    layers = max((len(r["bos_attn_dormant"]) for records in evals.values() for r in records
+                  if "bos_attn_dormant" in r), default=0)
+    panels = [("f_attn", None)] + [(kind, layer) for kind in ("bos_attn", "gate") for layer in range(layers)]
+    fig = analyze.new_figure(3.3 * len(panels), 3.4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for m, (name, records) in enumerate(evals.items()):
+        steps = [r["step"] for r in records]
+        axes[0].plot(steps, [r["f_attn"] for r in records], color=f"C{m}", label=name)
+        for ax, (kind, layer) in zip(axes[1:], panels[1:]):
+            for cls, style in (("dormant", "-"), ("active", "--")):
+                key = f"{kind}_{cls}"
+                values = [np.nan if r.get(key) is None or r[key][layer] is None else r[key][layer] for r in records]
+                if not np.all(np.isnan(values)):
+                    ax.plot(steps, values, style, color=f"C{m}", label=f"{name}, {cls}")
+    axes[0].set(title="F-Attn (attention on token 0)", ylabel="attention probability")
+    for ax, (kind, layer) in zip(axes[1:], panels[1:]):
+        ax.set(title=f"{'BOS attention' if kind == 'bos_attn' else 'mean gate'}, layer {layer}",
+               ylabel="attention on BOS" if kind == "bos_attn" else "gate score")
+    for ax in axes:
+        ax.set(xlabel="step", ylim=(0, 1))
+        ax.legend(fontsize=6)
+    fig.suptitle(textwrap.fill(title + ("" if classes else "; no query classes in this dataset"), 160), fontsize=8)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def plot_bos_classes(path, results, title):
+    """analyze.py's BOS and query-class bars for every variant, or None without them."""
+    fig = analyze.new_figure(12, 3.4)
+    if not analyze.plot_bos_classes(fig, list(results), results):
+        return None
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
+    fig.savefig(path, dpi=90)
+    return path
 
 
 def plot_layers(path, results, seq_len, title):
@@ -412,8 +461,11 @@ def compare_runs(runs, shared, out_dir, fresh):
     print(f"\n{table}\ntable: {out_dir / 'compare.md'}, {out_dir / 'compare.json'}")
     if analyze.has_matplotlib():
         metrics = {name: read_metrics(out_dir / name) for name in runs}
-        print(f"figures: {plot_losses(out_dir / 'loss.png', metrics, title)}, "
-              f"{plot_layers(out_dir / 'layers.png', results, min(64, shared['block_size']), title)}")
+        figures = [plot_losses(out_dir / "loss.png", metrics, title),
+                   plot_layers(out_dir / "layers.png", results, min(64, shared["block_size"]), title),
+                   plot_emergence(out_dir / "emergence.png", metrics, title),
+                   plot_bos_classes(out_dir / "bos_classes.png", results, title)]
+        print(f"figures: {', '.join(str(path) for path in figures if path is not None)}")
     return results
 
 

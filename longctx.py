@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 import analyze
 import compare
+import metrics
 import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, pick, run_main, to_dict
@@ -169,7 +170,7 @@ def sink_results(ckpt, x, y, cfg, runtime):
               f"window + {cfg.sink_tokens} sinks": streamed_losses(model, x, y, window, cfg.sink_tokens,
                                                                    cfg.batch_size, runtime)}
     # Whether there is a sink to keep: attention on the first token with full attention (analyze.py).
-    stats = analyze.model_stats(model, x.split(cfg.batch_size))
+    stats = metrics.model_stats(model, x.split(cfg.batch_size))
     # The conditions differ only once the first tokens have left the window.
     return {"window": window, "sinks": cfg.sink_tokens, "length": length,
             "f_attn": stats["f_attn"], "sink_1": stats["sink_1"],

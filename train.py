@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import analyze
+import metrics
 import prepare_data
 from configurable import ConfigError, format_config, opt, parse_args, pick, run_main, to_dict
 from model import GPT, GPTConfig
@@ -45,6 +45,8 @@ class TrainConfig:
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (its settings, overridden by the command line)")
     dataset: str = opt("shakespeare", "prepared dataset under data_dir (built-in ones are prepared on first use)")
     data_dir: str = opt("data", "folder holding prepared datasets")
+    bos_aligned: bool = opt(False, "start every training and evaluation window at a document's BOS token "
+                                   "(needs a dataset with document starts, e.g. backcopy)")
     batch_size: int = opt(12, "sequences per micro-batch on each process")
     grad_accum_steps: int = opt(1, "micro-batches per optimizer step, over all processes together")
     max_iters: int = opt(2000, "optimizer steps")
@@ -248,9 +250,12 @@ class Batches:
     r, r + world, ... So the data order depends only on the seed and the
     global batch, not on how many processes share it, and saving the
     generator's state is enough to resume exactly.
+
+    With `bos_token` set, windows start only at that token's positions (document
+    starts): the generator draws among them instead of among all positions.
     """
 
-    def __init__(self, folder, block_size, batch_size, runtime, seed):
+    def __init__(self, folder, block_size, batch_size, runtime, seed, bos_token=None):
         meta = prepare_data.load_meta(folder)
         self.data = {split: np.memmap(Path(folder) / f"{split}.bin", dtype=meta["dtype"], mode="r")
                      for split in ("train", "val")}
@@ -259,6 +264,8 @@ class Batches:
                 raise ConfigError(f"the {split} split of {folder} has {len(data)} tokens, "
                                   f"fewer than block_size + 1 = {block_size + 1}: use a smaller block_size")
         self.block_size, self.batch_size, self.runtime, self.seed = block_size, batch_size, runtime, seed
+        self.starts = None if bos_token is None else {
+            split: document_starts(data, bos_token, block_size, folder, split) for split, data in self.data.items()}
         self.generator = torch.Generator().manual_seed(seed)
 
     def windows(self, split, starts):
@@ -271,6 +278,9 @@ class Batches:
         return x.to(self.runtime.device), y.to(self.runtime.device)
 
     def _starts(self, split, rows, generator):
+        if self.starts is not None:
+            allowed = self.starts[split]
+            return allowed[torch.randint(len(allowed), (rows, self.batch_size), generator=generator)]
         high = len(self.data[split]) - self.block_size - 1
         return torch.randint(high, (rows, self.batch_size), generator=generator)
 
@@ -284,6 +294,29 @@ class Batches:
         """The same fixed evaluation batches at every evaluation, shared out over the processes."""
         starts = self._starts(split, batches, torch.Generator().manual_seed(self.seed + 1))
         return [self.windows(split, row) for row in starts[self.runtime.rank::self.runtime.world_size]]
+
+
+def document_starts(data, bos_token, block_size, folder, split, chunk=1 << 24):
+    """Positions of `bos_token` in `data` with a whole window (block_size + 1 tokens) after them,
+    found chunk by chunk so that memory does not grow with the dataset."""
+    usable = len(data) - block_size - 1
+    found = [np.flatnonzero(data[i:min(i + chunk, usable + 1)] == bos_token) + i
+             for i in range(0, usable + 1, chunk)]
+    starts = np.concatenate(found)
+    if len(starts) == 0:
+        raise ConfigError(f"the {split} split of {folder} has no BOS token with block_size + 1 = {block_size + 1} "
+                          "tokens after it: use a smaller block_size or --bos_aligned=false")
+    return torch.from_numpy(starts.astype(np.int64))
+
+
+def bos_token(cfg, meta):
+    """The BOS id windows start at when cfg.bos_aligned, else None."""
+    if not cfg.bos_aligned:
+        return None
+    if "bos_token" not in meta:
+        raise ConfigError(f"bos_aligned=true needs document starts, and dataset '{cfg.dataset}' has no bos_token "
+                          "in its meta.json: use --bos_aligned=false or a dataset with them (e.g. --dataset=backcopy)")
+    return meta["bos_token"]
 
 
 def dataset_folder(cfg, runtime):
@@ -573,7 +606,8 @@ def build_training(model_cfg, cfg, runtime, folder):
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                           runtime.device_type)
     scaler = torch.amp.GradScaler(runtime.device_type, enabled=runtime.dtype == torch.float16)
-    batches = Batches(folder, model_cfg.block_size, cfg.batch_size, runtime, cfg.seed)
+    bos = bos_token(cfg, prepare_data.load_meta(folder))
+    batches = Batches(folder, model_cfg.block_size, cfg.batch_size, runtime, cfg.seed, bos)
     return model, optimizer, scaler, batches
 
 
@@ -670,10 +704,10 @@ def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
     if runtime.world_size > 1:
         model = DDP(model, device_ids=[runtime.local_rank] if runtime.device_type == "cuda" else None)
 
-    metrics = MetricsLog(out_dir / "metrics.jsonl", runtime.master)
+    log = MetricsLog(out_dir / "metrics.jsonl", runtime.master)
     if replace and runtime.master:
         (out_dir / "ckpt.pt").unlink(missing_ok=True)
-    metrics.start_at(step if ckpt is not None else None)
+    log.start_at(step if ckpt is not None else None)
     tokens_per_step = cfg.batch_size * model_cfg.block_size * cfg.grad_accum_steps
     peak = peak_flops(runtime.device_type, runtime.dtype)
     pending = []  # (step, lr, loss, grad norm) kept on the device until the next flush: no per-step sync
@@ -696,10 +730,10 @@ def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
         mfu = raw_model.estimate_mfu(tokens_per_s, peak) if peak else None
         for (s, lr, _, _), (loss, norm) in zip(pending, values):
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                metrics.write(step=s, diverged=True, loss=str(loss), grad_norm=str(norm))
+                log.write(step=s, diverged=True, loss=str(loss), grad_norm=str(norm))
                 pending.clear()
                 return False
-            metrics.write(step=s, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tokens_per_s, mfu=mfu)
+            log.write(step=s, loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tokens_per_s, mfu=mfu)
             history["loss"].append(loss)
             history["grad_norm"].append(norm)
         bar.set_postfix(loss=f"{values[-1][0]:.4f}", tok_s=f"{tokens_per_s:,.0f}")
@@ -719,14 +753,14 @@ def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
         losses = evaluate(model, batches, cfg, runtime)
         summary["val_loss"] = losses["val"]
         if not math.isfinite(losses["val"]):
-            metrics.write(step=at_step, diverged=True, val_loss=str(losses["val"]))
+            log.write(step=at_step, diverged=True, val_loss=str(losses["val"]))
             return False
         best_val = min(best_val, losses["val"])
         record = dict(step=at_step, train_loss=losses["train"], val_loss=losses["val"])
         if runtime.master:  # the raw model's explicit attention path in eval mode uses no random state
-            record.update(analyze.eval_record(raw_model, probe, history["loss"], history["grad_norm"],
-                                              cfg.spike_window))
-        metrics.write(**record)
+            record.update(metrics.eval_record(raw_model, probe, history["loss"], history["grad_norm"],
+                                              cfg.spike_window, **metrics.token_kinds(meta)))
+        log.write(**record)
         state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "config": config_dict, "meta": meta, "step": at_step, "best_val_loss": best_val,
@@ -734,7 +768,7 @@ def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
         if runtime.master:
             save_checkpoint(out_dir / "ckpt.pt", state)
             tqdm.write(f"step {at_step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                       f"{analyze.eval_line(record)}")
+                       f"{metrics.eval_line(record)}")
         return True
 
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not (runtime.master and cfg.progress),

@@ -180,8 +180,8 @@ def test_gate_starts_near_half_and_observer_sees_everything():
     model = make(gate="elementwise")
     seen = {}
     model(torch.randint(0, VOCAB, (2, 16)), observe=lambda layer, name, t: seen.setdefault((layer, name), t))
-    assert {name for _, name in seen} == {"gate", "attn_logits", "attn_probs", "attn_output", "hidden"}
-    assert seen[(0, "gate")].shape == (2, 16, 2, 8)
+    assert {name for _, name in seen} == {"gate", "values", "attn_logits", "attn_probs", "attn_output", "hidden"}
+    assert seen[(0, "gate")].shape == (2, 16, 2, 8) and seen[(0, "values")].shape == (2, 16, 2, 8)
     assert 0.4 < seen[(0, "gate")].mean().item() < 0.6
     probs = seen[(1, "attn_probs")]
     assert torch.allclose(probs.sum(-1), torch.ones(2, 2, 16, dtype=probs.dtype))

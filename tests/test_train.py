@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import analyze
+import metrics
 import prepare_data
 import sample
 import train
@@ -80,7 +81,7 @@ def test_measurements_and_evaluation_leave_the_global_generator_alone(data_dir):
     before = torch.get_rng_state()
     train.measure_matmul_flops(torch.float32, n=64, repeats=1, trials=1)
     train.evaluate(model, batches, cfg, runtime)
-    analyze.eval_record(model, batches.eval_set("val", 1)[0][0], [2.0, 1.0], [1.0, 1.0], 10)
+    metrics.eval_record(model, batches.eval_set("val", 1)[0][0], [2.0, 1.0], [1.0, 1.0], 10)
     assert torch.equal(torch.get_rng_state(), before)
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-import analyze
+import metrics
 import sweep
 from course.checks import VOCAB, Exercise, Wrong, expect_number, tiny_model
 
@@ -46,26 +46,26 @@ def _diagnose(spike_score, values, window, expected, got):
 
 def check_spike_score(module):
     for description, values, window in _curves():
-        expected = analyze.spike_score(values, window)
+        expected = metrics.spike_score(values, window)
         got = expect_number(module.spike_score(list(values), window), "spike_score")
         if not math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9):
             why = _diagnose(module.spike_score, values, window, expected, got)
             raise Wrong(f"for {description} (window {window}) the spike score is {expected:.4g}%, "
                         f"you got {got:.4g}: {why}")
     # Inside train.py's evaluation record.
-    original = analyze.spike_score
+    original = metrics.spike_score
     gpt, idx = tiny_model(seed=0), torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
     losses, norms = list(_curves()[1][1]), list(_curves()[0][1])
-    expected = analyze.eval_record(gpt, idx, losses, norms, 20)
-    analyze.spike_score = module.spike_score
+    expected = metrics.eval_record(gpt, idx, losses, norms, 20)
+    metrics.spike_score = module.spike_score
     try:
-        got = analyze.eval_record(gpt, idx, losses, norms, 20)
+        got = metrics.eval_record(gpt, idx, losses, norms, 20)
     finally:
-        analyze.spike_score = original
+        metrics.spike_score = original
     for key in ("loss_spike_score", "grad_spike_score"):
         if not math.isclose(got[key], expected[key], rel_tol=1e-9, abs_tol=1e-9):
-            raise Wrong(f"in train.py's evaluation record, {key} is {got[key]} with yours, {expected[key]} with analyze.py's")
-    return "same scores as analyze.py on six curves and in train.py's evaluation record"
+            raise Wrong(f"in train.py's evaluation record, {key} is {got[key]} with yours, {expected[key]} with metrics.py's")
+    return "same scores as metrics.py on six curves and in train.py's evaluation record"
 
 
 # ---------------------------------------------------------------------------

@@ -4,16 +4,16 @@ import math
 
 import torch
 
-import analyze
+import metrics
 from course.checks import VOCAB, Exercise, Wrong, expect_number, tiny_model
 
 
 def _observed(name, seed=0):
-    """One layer-by-layer list of what a real tiny GPT hands its observer under `name`, and analyze.py's summary."""
+    """One layer-by-layer list of what a real tiny GPT hands its observer under `name`, and metrics.py's summary."""
     gpt = tiny_model(seed=seed)
     idx = torch.randint(0, VOCAB, (3, 16), generator=torch.Generator().manual_seed(seed))
     seen = []
-    stats = analyze.Stats()
+    stats = metrics.Stats()
 
     def observer(layer, what, tensor):
         stats(layer, what, tensor)
@@ -65,10 +65,10 @@ def check_first_token(module):
     probs, summary = _observed("attn_probs")
     f_attn, sink_1 = _pair(module.first_token_attention(probs, 0.3), "first_token_attention")
     if not math.isclose(f_attn, summary["f_attn"], rel_tol=1e-6):
-        raise Wrong(f"on a real GPT's attention, F-Attn is {summary['f_attn']:.4f} (analyze.py); you got {f_attn:.4f}")
+        raise Wrong(f"on a real GPT's attention, F-Attn is {summary['f_attn']:.4f} (metrics.py); you got {f_attn:.4f}")
     if not math.isclose(sink_1, summary["sink_1"], abs_tol=1e-9):
-        raise Wrong(f"on a real GPT's attention, Sink_1 is {summary['sink_1']:g} (analyze.py); you got {sink_1:g}")
-    return "same F-Attn and Sink_1 as analyze.py, on hand-made maps and on a GPT's attention"
+        raise Wrong(f"on a real GPT's attention, Sink_1 is {summary['sink_1']:g} (metrics.py); you got {sink_1:g}")
+    return "same F-Attn and Sink_1 as metrics.py, on hand-made maps and on a GPT's attention"
 
 
 # ---------------------------------------------------------------------------
@@ -95,11 +95,11 @@ def check_massive_activations(module):
     hidden, summary = _observed("hidden", seed=1)
     m_act, ratio = _pair(module.massive_activations(hidden), "massive_activations")
     if not math.isclose(m_act, summary["m_act"], rel_tol=1e-6):
-        raise Wrong(f"on a real GPT's residual stream M-Act is {summary['m_act']:.4f} (analyze.py); you got {m_act:.4f}")
+        raise Wrong(f"on a real GPT's residual stream M-Act is {summary['m_act']:.4f} (metrics.py); you got {m_act:.4f}")
     if not math.isclose(ratio, summary["m_act_ratio"], rel_tol=1e-6):
         raise Wrong(f"on a real GPT's residual stream the max/median ratio is {summary['m_act_ratio']:.3f} "
-                    f"(analyze.py); you got {ratio:.3f}")
-    return "same M-Act and max/median ratio as analyze.py, on hand-made states and on a GPT"
+                    f"(metrics.py); you got {ratio:.3f}")
+    return "same M-Act and max/median ratio as metrics.py, on hand-made states and on a GPT"
 
 
 EXERCISES = [

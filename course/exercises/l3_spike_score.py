@@ -6,7 +6,7 @@ least `threshold` standard deviations away from the mean of the `window` values
 just before it. train.py logs it at every evaluation; compare.py and sweep.py
 report it.
 
-Write `spike_score`. The checker compares it with analyze.py's on made-up
+Write `spike_score`. The checker compares it with metrics.py's on made-up
 curves, then lets train.py's evaluation record use yours.
 
     python -m course.check 3.1
@@ -18,7 +18,7 @@ def spike_score(values, window=100, threshold=7.0):
     from the mean of the `window` values before them.
 
     values: a sequence of floats (one per training step).
-    Rules (they match analyze.spike_score):
+    Rules (they match metrics.spike_score):
     - drop non-finite values (NaN, inf) first;
     - step i can be judged only if `window` values come before it: values[i-window:i];
       the current value is not part of its own window;

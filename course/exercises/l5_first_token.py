@@ -10,7 +10,7 @@ Two numbers say how much attention piles up on the first token:
   alpha_1 exceeds eps (0.3).
 
 Write `first_token_attention`. The checker tests it on hand-made attention
-maps, then on a real GPT's attention against analyze.py's numbers.
+maps, then on a real GPT's attention against metrics.py's numbers.
 
     python -m course.check 5.1
 """

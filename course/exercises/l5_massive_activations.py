@@ -7,7 +7,7 @@ the layer's output, averaged over layers. Beside it we report the largest
 max/median ratio of any layer (Sun et al. flag ratios over 1000).
 
 Write `massive_activations`. The checker tests it on hand-made hidden states,
-then on a real GPT's residual stream against analyze.py's numbers.
+then on a real GPT's residual stream against metrics.py's numbers.
 
     python -m course.check 5.2
 """

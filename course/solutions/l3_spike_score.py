@@ -1,4 +1,4 @@
-"""Exercise 3.1, reference solution: OLMo 2's spike score (analyze.py, spike_score), step by step."""
+"""Exercise 3.1, reference solution: OLMo 2's spike score (metrics.py, spike_score), step by step."""
 
 import numpy as np
 

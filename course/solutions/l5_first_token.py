@@ -1,4 +1,4 @@
-"""Exercise 5.1, reference solution: F-Attn and Sink_1 (analyze.py, Stats._attn_probs and _attention_summary)."""
+"""Exercise 5.1, reference solution: F-Attn and Sink_1 (metrics.py, Stats._attn_probs and _attention_summary)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Exercise 5.2, reference solution: M-Act and the max/median ratio (analyze.py, Stats._hidden)."""
+"""Exercise 5.2, reference solution: M-Act and the max/median ratio (metrics.py, Stats._hidden)."""
 
 
 def massive_activations(hidden_by_layer):
