@@ -5,6 +5,7 @@ import math
 import torch
 
 from course.checks import Exercise, Wrong, as_tensor, expect_shape
+from model import GPTConfig, rope_frequencies
 
 CASES = [(32, 10000.0, 4.0, 64), (64, 10000.0, 8.0, 256), (16, 500.0, 2.0, 128)]  # (D, base, s, L)
 
@@ -52,7 +53,22 @@ def check_rope_scaling(module):
         got = module.scaled_frequencies(32, 10000.0, 1.0, method, 64)
         if not torch.allclose(got.double(), _theta(32, 10000.0), rtol=1e-12):
             raise Wrong(f"with s = 1 every method should be plain RoPE; {method!r} is not")
-    return "PI, NTK-aware and YaRN frequencies match the papers' formulas for three (D, base, s, L)"
+    _compare_with_model(module)
+    return ("PI, NTK-aware and YaRN frequencies match the papers' formulas for three (D, base, s, L) "
+            "and model.rope_frequencies")
+
+
+def _compare_with_model(module):
+    """The same frequencies as the ones model.py rotates q and k by (float32 there, hence the tolerance)."""
+    for D, base, s, L in CASES:
+        for method in ("none", "pi", "ntk", "yarn"):
+            config = GPTConfig(vocab_size=8, block_size=L, n_head=2, n_embd=2 * D, pos_emb="rope", rope_base=base,
+                               rope_scaling=method, rope_factor=1.0 if method == "none" else s)
+            want = rope_frequencies(config, L).double()
+            got = module.scaled_frequencies(D, base, s, method, L).double()
+            if not torch.allclose(got, want, rtol=1e-5, atol=0):
+                raise Wrong(f"method {method!r}, D={D}, s={s:g}, L={L}: your frequencies differ from "
+                            "model.rope_frequencies, the ones the model uses")
 
 
 EXERCISES = [Exercise("6.1", "l6_rope_scaling.py", "RoPE scaling rules", check_rope_scaling)]

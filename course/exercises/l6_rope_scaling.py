@@ -16,7 +16,8 @@ longer texts without retraining, the frequencies are changed:
   are interpolated, fast pairs kept.
 
 Write `scaled_frequencies`. The checker compares it with the formulas for several
-(D, s, L) and checks the properties that make each rule work.
+(D, s, L), checks that every rule is plain RoPE at s = 1, and compares it with
+model.rope_frequencies, the frequencies the model itself rotates by.
 
     python -m course.check 6.1
 """
