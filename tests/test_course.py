@@ -161,3 +161,21 @@ def test_command_line(capsys):
         check.main(["9"])
     with pytest.raises(SystemExit, match="unknown option '--solution'"):
         check.main(["1", "--solution"])
+
+
+def test_the_backcopy_check_compares_with_the_dataset_generator():
+    """4.1's last check: the student's token frequencies against prepare_data.backcopy_sequences."""
+    import torch
+
+    from course.checks import Wrong, lesson4
+    from course.solutions.l4_backcopy import backcopy_sequence
+
+    chain = lesson4._transitions()
+    other = torch.zeros_like(chain)  # the same successors, with 0.5 / 0.5 instead of 0.7 / 0.3
+    for a in range(lesson4.V):
+        other[a, (a + 1) % lesson4.V] = other[a, (a + 2) % lesson4.V] = 0.5
+    draw = lambda transitions: [backcopy_sequence(transitions, lesson4.TRIGGERS, lesson4.BOS, 40,
+                                                  torch.Generator().manual_seed(seed)) for seed in range(300)]
+    lesson4._compare_with_repository(draw(chain), chain)  # the same chain: no complaint
+    with pytest.raises(Wrong, match="prepare_data.backcopy_sequences"):
+        lesson4._compare_with_repository(draw(other), chain)

@@ -2,8 +2,10 @@
 
 from collections import Counter
 
+import numpy as np
 import torch
 
+import prepare_data
 from course.checks import Exercise, Wrong
 
 V, BOS, TRIGGERS = 6, 6, {0, 3}
@@ -28,11 +30,33 @@ def _sequence(backcopy_sequence, transitions, length, seed):
     return list(seq)
 
 
+def _compare_with_repository(sequences, transitions):
+    """Token frequencies of the student's sequences against prepare_data.backcopy_sequences on the same chain.
+
+    The two draw from different generators (torch here, numpy there), so the sequences
+    differ; their statistics must not. A difference above 0.04 is far outside chance
+    (the reference solution stays within 0.02 over many seeds).
+    """
+    plain = sorted(set(range(V)) - TRIGGERS)
+    first = np.zeros(V)
+    first[plain] = 1.0 / len(plain)
+    theirs = prepare_data.backcopy_sequences(transitions.numpy(), first, sorted(TRIGGERS), BOS, len(sequences),
+                                             len(sequences[0]) - 1, np.random.default_rng(0))
+    ours = np.array(sequences)
+    mine, repo = (np.bincount(s[:, 1:].ravel(), minlength=V + 1)[:V] / s[:, 1:].size for s in (ours, theirs))
+    worst = int(np.abs(mine - repo).argmax())
+    if abs(mine[worst] - repo[worst]) > 0.04:
+        raise Wrong(f"each rule holds, but token {worst} is {mine[worst]:.1%} of your tokens and {repo[worst]:.1%} "
+                    "of those of prepare_data.backcopy_sequences (the generator of the lesson's dataset) on the "
+                    "same chain: compare the two functions")
+
+
 def check_backcopy(module):
     transitions = _transitions()
-    pairs, starts = Counter(), Counter()
+    pairs, starts, sequences = Counter(), Counter(), []
     for seed in range(300):
         seq = _sequence(module.backcopy_sequence, transitions, 40, seed)
+        sequences.append(seq)
         if seq[0] != BOS:
             raise Wrong(f"the sequence should start with BOS ({BOS}); yours starts with {seq[0]}")
         if BOS in seq[1:]:
@@ -64,7 +88,9 @@ def check_backcopy(module):
         raise Wrong("the same seed gave two different sequences: draw every random number from `generator`")
     if all(_sequence(module.backcopy_sequence, transitions, 40, s) == again for s in range(3)):
         raise Wrong("different seeds gave the same sequence: draw the random numbers from `generator`")
-    return "BOS first, the back-copy after every trigger, bigram statistics within 0.05, seeded"
+    _compare_with_repository(sequences, transitions)
+    return ("BOS first, the back-copy after every trigger, bigram statistics within 0.05, seeded, and the "
+            "token frequencies of prepare_data.backcopy_sequences")
 
 
 EXERCISES = [Exercise("4.1", "l4_backcopy.py", "the Bigram-Backcopy generator", check_backcopy)]
