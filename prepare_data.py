@@ -879,17 +879,19 @@ def locked(folder: Path):
 def prepare(cfg: DataConfig) -> Path:
     """Read, tokenize and split the dataset; returns its folder."""
     folder = dataset_dir(cfg.data_dir, cfg.dataset)
-    if cfg.dataset == "backcopy":
-        return prepare_backcopy(cfg, folder)
-    if cfg.tokenizer != "char":
+    backcopy = cfg.dataset == "backcopy"  # generated, not read: see its section below
+    if cfg.tokenizer != "char" and not backcopy:
         make_tokenizer(cfg.tokenizer, (), cfg.documents != "none")  # a bad name, failed download or no BOS: stop now
-    source = read_source(cfg)
+    source = None if backcopy else read_source(cfg)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with locked(folder):
             remove_orphans(folder)
-            prepare_locked(cfg, folder, source)
+            if backcopy:
+                prepare_backcopy(cfg, folder)
+            else:
+                prepare_locked(cfg, folder, source)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
