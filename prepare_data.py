@@ -1026,8 +1026,9 @@ def backcopy_settings(cfg):
 
 
 def prepare_backcopy(cfg, folder):
-    """The Bigram-Backcopy dataset: train.bin and val.bin of BOS-led sequences, and meta.json
-    with "bos_token" and "trigger_tokens"; regenerated only when a setting or the plays change."""
+    """Write the Bigram-Backcopy dataset into `folder` (prepare holds its lock): train.bin and val.bin
+    of BOS-led sequences, and meta.json with "bos_token" and "trigger_tokens"; regenerated only when
+    a setting or the plays change."""
     if cfg.source or cfg.tokenizer != "char":
         raise ConfigError("backcopy is generated from the built-in plays' character bigrams: "
                           "drop --source and --tokenizer")
@@ -1040,7 +1041,7 @@ def prepare_backcopy(cfg, folder):
         old = {}
     if (old.get("backcopy"), old.get("source_sha256")) == (settings, source_sha256):
         print(f"{folder} is up to date (same backcopy settings and source)")
-        return folder
+        return
     tokenizer = CharTokenizer(sorted(set(text)))
     bos = tokenizer.vocab_size  # one past the characters, as for every char dataset with document starts
     bigrams, unigrams = bigram_statistics(np.array(tokenizer.encode(text), dtype=np.int64), bos)
@@ -1060,7 +1061,6 @@ def prepare_backcopy(cfg, folder):
     shown = ", ".join(repr(tokenizer.chars[t]) for t in triggers)
     print(f"backcopy: {cfg.backcopy_train_sequences:,} train and {cfg.backcopy_val_sequences:,} val sequences of "
           f"BOS + {cfg.backcopy_length} tokens, triggers {shown}, bigrams of {description} -> {folder}/")
-    return folder
 
 
 def main(argv=None):
