@@ -373,7 +373,8 @@ def plot_emergence(path, metrics_by_name, title):
                ylabel="attention on BOS" if kind == "bos_attn" else "gate score")
     for ax in axes:
         ax.set(xlabel="step", ylim=(0, 1))
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # a gate panel is empty when no model has a gate
+            ax.legend(fontsize=6)
     fig.suptitle(textwrap.fill(title + ("" if classes else "; no query classes in this dataset"), 160), fontsize=8)
     fig.savefig(path, dpi=90)
     return path

@@ -4,6 +4,7 @@ import builtins
 import importlib.util
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -175,3 +176,14 @@ def test_help_lists_out_dir_once(capsys):
         compare.main(["--help"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  --out_dir=")]
     assert rows == [next(r for r in rows if "runs/compare" in r)]
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("matplotlib"), reason="needs matplotlib")
+def test_emergence_figure_of_a_plain_model_alone_draws_without_warnings(tmp_path):
+    # A plain model has no gate, so the gate panels stay empty: they must not ask for a legend.
+    records = [{"step": step, "f_attn": 0.1, "bos_attn_dormant": [0.5, 0.1], "bos_attn_active": [0.0, 0.1],
+                "gate_dormant": None, "gate_active": None} for step in (0, 100)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = compare.plot_emergence(tmp_path / "emergence.png", {"none": {"evals": records}}, "plain only")
+    assert path.stat().st_size > 0
