@@ -14,16 +14,14 @@ from pathlib import Path
 
 import torch
 
-import pretrained
+import prepare_data
+import train
 from configurable import ConfigError, opt, parse_args, run_main
-from train import check_runtime_settings, setup_runtime
 
 
 @dataclass
 class SampleConfig:
-    out_dir: str = opt("out", "run folder holding ckpt.pt (this project's or nanoGPT's)")
-    init_from: str = opt("resume", "resume: out_dir's checkpoint; gpt2 | gpt2-medium | gpt2-large | gpt2-xl: "
-                         "OpenAI's weights; or a folder of Hugging Face GPT-2 files")
+    out_dir: str = opt("out", "run folder holding ckpt.pt")
     prompt: str = opt("\n", "text to continue, or FILE:path to read it from a file")
     num_samples: int = opt(3, "how many samples to draw")
     max_new_tokens: int = opt(500, "tokens to generate per sample")
@@ -40,7 +38,7 @@ class SampleConfig:
                                   "(0: the model's own)")
 
     def __post_init__(self):
-        check_runtime_settings(self.device, self.dtype, self.threads)
+        train.check_runtime_settings(self.device, self.dtype, self.threads)
         if self.temperature < 0:
             raise ConfigError("temperature cannot be negative")
         if not 0.0 < self.top_p <= 1.0:
@@ -95,9 +93,10 @@ def stream_text(model, tokenizer, ids, cfg, generator, runtime, out=sys.stdout):
 
 def main(argv=None):
     (cfg,) = parse_args([SampleConfig], argv, prog="sample.py", description=__doc__)
-    runtime = setup_runtime(cfg.device, cfg.dtype, cfg.threads)
-    source = Path(cfg.out_dir) / "ckpt.pt" if cfg.init_from == "resume" else cfg.init_from
-    model, tokenizer, _ = pretrained.load_model(source, runtime.device, **cfg.model_changes())
+    runtime = train.setup_runtime(cfg.device, cfg.dtype, cfg.threads)
+    ckpt = train.load_checkpoint(Path(cfg.out_dir) / "ckpt.pt", keys=("model", "config", "meta"))
+    model = train.model_from_checkpoint(ckpt, runtime.device, **cfg.model_changes())
+    tokenizer = prepare_data.tokenizer_from_meta(ckpt["meta"])
     if cfg.rope_scaling not in ("", "none") and model.config.rope_factor == 1.0:
         raise ConfigError(f"rope_scaling={cfg.rope_scaling} with rope_factor=1 keeps block_size tokens as "
                           "before: add e.g. --rope_factor=4 (the context kept, in multiples of block_size)")

@@ -33,7 +33,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import metrics
 import prepare_data
 from configurable import ConfigError, format_config, opt, parse_args, pick, run_main, to_dict
 from model import GPT, GPTConfig
@@ -662,7 +661,7 @@ def prepare_run(model_cfg, cfg, ckpt=None):
     return runtime, folder, meta
 
 
-def main(argv=None, replace=False, quiet=False):
+def main(argv=None, replace=False, quiet=False, on_eval=None):
     """Train; returns a summary dict (final and best val loss, steps, whether it diverged).
 
     The run folder is locked while the run owns it. replace=True starts over in a folder that
@@ -673,10 +672,10 @@ def main(argv=None, replace=False, quiet=False):
     model_cfg, cfg, ckpt = load_configs(argv)
     runtime, folder, meta = prepare_run(model_cfg, cfg, ckpt)
     with lock_folder(cfg.out_dir) if runtime.master else contextlib.nullcontext():
-        return run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet)
+        return run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet, on_eval)
 
 
-def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
+def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet, on_eval=None):
     out_dir = Path(cfg.out_dir)
     if runtime.master and not (cfg.resume or replace) and (out_dir / "ckpt.pt").exists():
         raise ConfigError(f"{out_dir / 'ckpt.pt'} exists: pass --resume to continue it, "
@@ -757,9 +756,10 @@ def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
             return False
         best_val = min(best_val, losses["val"])
         record = dict(step=at_step, train_loss=losses["train"], val_loss=losses["val"])
-        if runtime.master:  # the raw model's explicit attention path in eval mode uses no random state
-            record.update(metrics.eval_record(raw_model, probe, history["loss"], history["grad_norm"],
-                                              cfg.spike_window, **metrics.token_kinds(meta)))
+        note = ""
+        if runtime.master and on_eval is not None:
+            extra, note = on_eval(raw_model, probe, history, meta)
+            record.update(extra)
         log.write(**record)
         state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -767,8 +767,8 @@ def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
                  "rng": rng_state(batches, runtime), "history": history}
         if runtime.master:
             save_checkpoint(out_dir / "ckpt.pt", state)
-            tqdm.write(f"step {at_step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                       f"{metrics.eval_line(record)}")
+            tqdm.write(f"step {at_step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                       + (f", {note}" if note else ""))
         return True
 
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not (runtime.master and cfg.progress),
@@ -798,7 +798,7 @@ def run_training(model_cfg, cfg, ckpt, runtime, folder, meta, replace, quiet):
     if runtime.master and not quiet and not summary["diverged"]:
         print(f"checkpoint: {out_dir / 'ckpt.pt'}, metrics: {out_dir / 'metrics.jsonl'}\n"
               f"next: python sample.py --out_dir={out_dir}    (text from the model)\n"
-              f"      python analyze.py --checkpoints={out_dir}    (attention sinks, activations, gates)")
+              f"      python -m lab.analyze --checkpoints={out_dir}    (attention sinks, activations, gates)")
     if runtime.world_size > 1:
         dist.destroy_process_group()
     return summary

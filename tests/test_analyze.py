@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import analyze
-import metrics
+from lab import analyze
+from lab import metrics
 import prepare_data
 import train
 from configurable import ConfigError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import analyze
+from lab import analyze
 import prepare_data
 import train
 from configurable import ConfigError

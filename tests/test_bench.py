@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-import bench
+from lab import bench
 import prepare_data
 from configurable import ConfigError
 

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-import compare
+from lab import compare
 import train
 from configurable import ConfigError, parse_args
 from model import GPTConfig

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import longctx
+from lab import longctx
 import sample
 import train
 from configurable import ConfigError, parse_args

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import metrics
+from lab import metrics
 from model import GPT, GPTConfig, ablated
 
 

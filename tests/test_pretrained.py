@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import analyze
+from lab import analyze
 import prepare_data
-import pretrained
+from lab import pretrained
 import sample
 import train
 from configurable import ConfigError

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import sweep
+from lab import sweep
 import train
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import analyze
-import metrics
+from lab import analyze
+from lab import metrics
 import prepare_data
 import sample
 import train

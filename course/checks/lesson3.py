@@ -5,8 +5,8 @@ import math
 import numpy as np
 import torch
 
-import metrics
-import sweep
+from lab import metrics
+from lab import sweep
 from course.checks import VOCAB, Exercise, Wrong, expect_number, tiny_model
 
 # ---------------------------------------------------------------------------

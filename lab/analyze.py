@@ -1,8 +1,8 @@
 """Look inside checkpoints: attention sinks, massive activations, gate sparsity, and
 whether a model relies on its sink or its gate.
 
-    python analyze.py --checkpoints=out-gated/ckpt.pt,out-none/ckpt.pt
-    python analyze.py --checkpoints=out-gated,out-none --layer=2 --fig_dir=figures --report=analysis.json
+    python -m lab.analyze --checkpoints=out-gated/ckpt.pt,out-none/ckpt.pt
+    python -m lab.analyze --checkpoints=out-gated,out-none --layer=2 --fig_dir=figures --report=analysis.json
 
 Prints one column per checkpoint, writes a JSON report and (with matplotlib)
 figures, by default under runs/analyze/. The measurements and their sources are
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import metrics
+from lab import metrics
 import prepare_data
-import pretrained
+from lab import pretrained
 import train
 from configurable import ConfigError, opt, parse_args, run_main
 
@@ -344,7 +344,7 @@ class AnalyzeConfig:
 
 def main(argv=None):
     """Analyse every checkpoint; returns {checkpoint: results}."""
-    (cfg,) = parse_args([AnalyzeConfig], argv, prog="analyze.py", description=__doc__)
+    (cfg,) = parse_args([AnalyzeConfig], argv, prog="-m lab.analyze", description=__doc__)
     results = {str(path): analyze_checkpoint(path, cfg.split, cfg.num_sequences, cfg.seq_len, cfg.eps,
                                              cfg.batch_size, cfg.device, cfg.seed, cfg.layer, cfg.data)
                for path in cfg.checkpoint_paths()}

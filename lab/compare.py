@@ -1,11 +1,11 @@
 """Train gated and ungated GPTs side by side and compare what the gate changes.
 
-    python compare.py                                        # none vs elementwise on the default data (CPU recipe)
-    python compare.py --variants=none,elementwise,headwise,qk_norm
-    python compare.py --variants=none,value,output,shared    # the paper's ablations, by name
-    python compare.py --max_iters=500 --n_layer=6            # any train.py key applies to every variant
-    python compare.py --config=configs/compare_gpu.toml      # one GPU: nanoGPT's GPU Shakespeare recipe
-    python compare.py --fresh                                # retrain instead of reusing finished runs
+    python -m lab.compare                                        # none vs elementwise on the default data (CPU recipe)
+    python -m lab.compare --variants=none,elementwise,headwise,qk_norm
+    python -m lab.compare --variants=none,value,output,shared    # the paper's ablations, by name
+    python -m lab.compare --max_iters=500 --n_layer=6            # any train.py key applies to every variant
+    python -m lab.compare --config=configs/compare_gpu.toml      # one GPU: nanoGPT's GPU Shakespeare recipe
+    python -m lab.compare --fresh                                # retrain instead of reusing finished runs
 
 Every variant trains with the same seed (so the same initial draws and data
 order), budget and hyperparameters, in its own folder out_dir/VARIANT. A
@@ -19,7 +19,7 @@ out_dir/loss.png (loss and gradient-norm curves), out_dir/layers.png
 BOS attention and gate per class) and out_dir/bos_classes.png (BOS attention
 and gate per query class, value and residual norms at BOS against the rest).
 
-    python compare.py --config=configs/sink_cpu.toml         # see the sink: Bigram-Backcopy, a few CPU minutes
+    python -m lab.compare --config=configs/sink_cpu.toml         # see the sink: Bigram-Backcopy, a few CPU minutes
 """
 
 import json
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-import analyze
-from metrics import spike_score
+from lab import analyze
+from lab.metrics import eval_hook, spike_score
 import train
 from configurable import ConfigError, format_settings, opt, parse_args, pick, run_main, to_dict
 from model import GPTConfig
@@ -173,9 +173,9 @@ def run_variant(settings, run_dir, fresh=False):
                               "pass --fresh to retrain it, or choose another --out_dir")
         if ckpt["step"] >= settings["max_iters"] or read_metrics(run_dir)["diverged"]:
             return "reused"
-        train.main(argv + ["--resume"], quiet=True)
+        train.main(argv + ["--resume"], quiet=True, on_eval=eval_hook(settings["spike_window"]))
         return "resumed"
-    train.main(argv, replace=fresh, quiet=True)
+    train.main(argv, replace=fresh, quiet=True, on_eval=eval_hook(settings["spike_window"]))
     return "trained"
 
 
@@ -440,7 +440,7 @@ def write_outputs(out_dir, shared, results, description):
 
 def main(argv=None):
     """Train (or reuse) each variant, then print the table and write it and the figures; returns the results."""
-    cmp_cfg, model_cfg, train_cfg = parse_args([CompareConfig, GPTConfig, TrainConfig], argv, prog="compare.py",
+    cmp_cfg, model_cfg, train_cfg = parse_args([CompareConfig, GPTConfig, TrainConfig], argv, prog="-m lab.compare",
                                                description=f"{__doc__}\n{variants_help()}")
     shared = shared_settings(model_cfg, train_cfg)
     runs = {name: run_settings(shared, name) for name in parse_variants(cmp_cfg.variants)}

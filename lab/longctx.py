@@ -1,8 +1,8 @@
 """Longer than trained: RoPE context extension and attention sinks, measured on checkpoints.
 
-    python longctx.py --config=configs/longctx_cpu.toml         # the whole study: train, then evaluate
-    python longctx.py --checkpoints=out-gated,out-plain         # evaluate existing RoPE runs only
-    python longctx.py --checkpoints=out --multiples=1,2,4 --methods=none,yarn --num_windows=256
+    python -m lab.longctx --config=configs/longctx_cpu.toml         # the whole study: train, then evaluate
+    python -m lab.longctx --checkpoints=out-gated,out-plain         # evaluate existing RoPE runs only
+    python -m lab.longctx --checkpoints=out --multiples=1,2,4 --methods=none,yarn --num_windows=256
 
 Without --checkpoints it first trains --variants x --seeds as compare.py does
 (any train.py key applies to every run; finished runs are reused), each in
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import analyze
-import compare
-import metrics
+from lab import analyze
+from lab import compare
+from lab import metrics
 import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, pick, run_main, to_dict
@@ -407,7 +407,7 @@ class LongCtxConfig:
 
 def main(argv=None):
     """Train the runs if asked, evaluate every checkpoint, write the tables and figures; returns the results."""
-    cfg, model_cfg, train_cfg = parse_args([LongCtxConfig, GPTConfig, TrainConfig], argv, prog="longctx.py",
+    cfg, model_cfg, train_cfg = parse_args([LongCtxConfig, GPTConfig, TrainConfig], argv, prog="-m lab.longctx",
                                            description=__doc__)
     paths = checkpoint_paths(cfg, model_cfg, train_cfg)
     runtime = train.setup_runtime(train_cfg.device, "float32")

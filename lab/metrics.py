@@ -356,6 +356,14 @@ def eval_record(model, idx, losses, grad_norms, spike_window, bos_token=None, tr
     return record
 
 
+def eval_hook(spike_window):
+    """train.py's on_eval callback: eval_record's numbers and eval_line's text at every evaluation."""
+    def on_eval(model, idx, history, meta):
+        record = eval_record(model, idx, history["loss"], history["grad_norm"], spike_window, **token_kinds(meta))
+        return record, eval_line(record)
+    return on_eval
+
+
 def eval_line(record):
     """The evaluation record's sink, activation and gate numbers, for the training log."""
     gate = "" if record["mean_gate"] is None else f", mean gate {record['mean_gate']:.3f}"

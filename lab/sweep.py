@@ -1,8 +1,8 @@
 """Stability at high learning rates: a log-spaced LR grid for each variant, and its LR sensitivity.
 
-    python sweep.py                                              # 4 variants x 6 LRs 1e-3..0.32, short CPU runs
-    python sweep.py --lr_min=3e-4 --lr_max=3e-1 --lr_points=7    # Wortsman et al.'s grid
-    python sweep.py --variants=none,elementwise --max_iters=1000 --n_layer=6 --out_dir=runs/sweep-long
+    python -m lab.sweep                                              # 4 variants x 6 LRs 1e-3..0.32, short CPU runs
+    python -m lab.sweep --lr_min=3e-4 --lr_max=3e-1 --lr_points=7    # Wortsman et al.'s grid
+    python -m lab.sweep --variants=none,elementwise --max_iters=1000 --n_layer=6 --out_dir=runs/sweep-long
 
 Each (variant, learning rate) pair is one run in out_dir/VARIANT/lr_LR, trained
 as compare.py trains (same seed, data order and settings; min_lr is
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-import analyze
-import compare
+from lab import analyze
+from lab import compare
 import train
 from configurable import ConfigError, opt, parse_args, run_main
 from model import GPTConfig
@@ -264,7 +264,7 @@ def plot_highest_lr(path, run_dirs, lr, title):
 def main(argv=None):
     """Run the missing runs of the grid, then summarise every variant; returns the summaries."""
     sweep_cfg, model_cfg, train_cfg = parse_args(
-        [SweepConfig, GPTConfig, TrainConfig], argv, prog="sweep.py",
+        [SweepConfig, GPTConfig, TrainConfig], argv, prog="-m lab.sweep",
         description=f"{__doc__}\n{compare.variants_help()}", base=TRAIN_DEFAULTS)
     shared = compare.shared_settings(model_cfg, train_cfg)
     for key in PER_RUN_KEYS:

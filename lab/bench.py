@@ -1,12 +1,12 @@
 """Measure training and generation speed, comparing variants side by side.
 
-    python bench.py                  # CPU: 6 layers, 6 heads, 384 dim, context 256, batch 16
+    python -m lab.bench                  # CPU: 6 layers, 6 heads, 384 dim, context 256, batch 16
                                      # CUDA: GPT-2 124M, context 1024 (--preset=gpt2)
-    python bench.py --preset=tiny    # nanoGPT's CPU recipe: 4 layers, 4 heads, 128 dim, context 64, batch 12
-    python bench.py --config=configs/tinyshakespeare_cpu.toml    # the shape and batch of any training preset
-    python bench.py --variants=none,headwise,elementwise --tables=gate
-    python bench.py --speedrun       # configs/speedrun_cpu.toml against nanoGPT's fp32 eager CPU recipe
-    python bench.py --prepare        # prepare_data.py on a generated 1 GB corpus against tiktoken's own speed
+    python -m lab.bench --preset=tiny    # nanoGPT's CPU recipe: 4 layers, 4 heads, 128 dim, context 64, batch 12
+    python -m lab.bench --config=configs/tinyshakespeare_cpu.toml    # the shape and batch of any training preset
+    python -m lab.bench --variants=none,headwise,elementwise --tables=gate
+    python -m lab.bench --speedrun       # configs/speedrun_cpu.toml against nanoGPT's fp32 eager CPU recipe
+    python -m lab.bench --prepare        # prepare_data.py on a generated 1 GB corpus against tiktoken's own speed
 
 Training is timed on train.py's own step (train.train_step: forward, backward,
 gradient clipping, AdamW) with batches drawn by train.Batches from the prepared
@@ -19,7 +19,7 @@ ratios are medians of the ratios within each round.
 GPU check (GPT-2 124M, context 1024, bf16, compiled, flash attention; the
 target is an MFU of at least 45% on H100/H200-class GPUs):
 
-    python bench.py --preset=gpt2 --tables=train --paths=default
+    python -m lab.bench --preset=gpt2 --tables=train --paths=default
 
 Data preparation (--prepare): a JSON Lines corpus of --prepare_mb MB (records of 4 to 40 random
 speeches of the plays) is generated, then tiktoken's encode_ordinary_batch (one thread per core)
@@ -150,7 +150,7 @@ def split(text):
 def load_configs(argv):
     """Model, training and bench settings: defaults < preset < --config files < --key=value."""
     classes = [GPTConfig, train.TrainConfig, BenchConfig]
-    _, train_cfg, bench_cfg = parse_args(classes, argv, prog="bench.py", description=__doc__, ignored=IGNORED_KEYS)
+    _, train_cfg, bench_cfg = parse_args(classes, argv, prog="-m lab.bench", description=__doc__, ignored=IGNORED_KEYS)
     preset = bench_cfg.preset
     argv = sys.argv[1:] if argv is None else list(argv)
     if preset == "auto" and any(arg.startswith("--config") for arg in argv):
