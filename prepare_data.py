@@ -113,6 +113,59 @@ class DataConfig:
 
 
 # ---------------------------------------------------------------------------
+# Files on disk: one lock and one atomic write for every folder the project writes
+# ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def hold(folder, wait=False):
+    """Hold `folder` for this process while inside: an flock on folder/.lock, which the operating
+    system drops when the process ends, however it ends, so a killed process leaves no stale lock.
+
+    If another process holds it, wait for it (wait=True, datasets), or stop with a message naming
+    that process (wait=False, run folders). The holder's PID is written into the lock file.
+    Temporaries of write_atomically that a killed process left behind are removed once the lock
+    is held, as no other process can be writing them then. Without fcntl (Windows) nothing is locked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            if not wait:
+                raise ConfigError(f"{folder} is in use by another run (process {holder}): wait for it to end, "
+                                  "or choose another folder") from None
+            print(f"waiting for process {holder}, which holds {folder}", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        for orphan in folder.glob(".*.partial"):
+            orphan.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_atomically(path, write):
+    """Call write(tmp) on a temporary file beside `path`, then rename it to `path`: a crash at any
+    moment leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
 # Tokenizers
 # ---------------------------------------------------------------------------
 
