@@ -33,6 +33,7 @@ import numpy as np
 
 from lab import analyze
 from lab.metrics import eval_hook, spike_score
+import prepare_data
 import train
 from configurable import ConfigError, format_settings, opt, parse_args, pick, run_main, to_dict
 from model import GPTConfig
@@ -133,13 +134,13 @@ def print_settings(shared, names):
 
 
 # ---------------------------------------------------------------------------
-# Runs: train, resume or reuse, through train.main
+# Runs: train, resume or reuse, through train.train
 # ---------------------------------------------------------------------------
 
 ANALYSIS_SEQUENCES = 64  # val sequences for analyze.py's statistics of each final checkpoint
 
 # Keys that do not change what a run computes, so a finished run is reused whatever they are.
-IGNORED_KEYS = ("progress", "log_interval", "compile", "threads")
+IGNORED_KEYS = ("progress", "log_interval", "compile", "threads", "out_dir", "resume")
 
 
 def settings_differ(settings, stored):
@@ -154,17 +155,18 @@ def settings_differ(settings, stored):
 
 
 def run_variant(settings, run_dir, fresh=False):
-    """Train one run into run_dir through train.main; returns "trained", "resumed" or "reused".
+    """Train one run into run_dir through train.train; returns "trained", "resumed" or "reused".
 
     A checkpoint with the same settings is reused when the run finished (or
     diverged) and resumed when it was interrupted, bit for bit on CPU (train.py).
     A checkpoint with other settings stops with a message rather than being
-    overwritten; fresh=True trains again, and train.main replaces the old run
+    overwritten; fresh=True trains again, and train.train replaces the old run
     only once it has checked every setting.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "ckpt.pt"
-    argv = [f"--{key}={value}" for key, value in settings.items()] + [f"--out_dir={run_dir}"]
+    settings = {**settings, "out_dir": str(run_dir)}
+    how = "trained"
     if ckpt_path.exists() and not fresh:
         ckpt = train.load_checkpoint(ckpt_path)
         differ = settings_differ(settings, ckpt["config"])
@@ -173,10 +175,10 @@ def run_variant(settings, run_dir, fresh=False):
                               "pass --fresh to retrain it, or choose another --out_dir")
         if ckpt["step"] >= settings["max_iters"] or read_metrics(run_dir)["diverged"]:
             return "reused"
-        train.main(argv + ["--resume"], quiet=True, on_eval=eval_hook(settings["spike_window"]))
-        return "resumed"
-    train.main(argv, replace=fresh, quiet=True, on_eval=eval_hook(settings["spike_window"]))
-    return "trained"
+        settings["resume"], how = True, "resumed"
+    train.train(pick(GPTConfig, settings), pick(TrainConfig, settings), on_eval=eval_hook(settings["spike_window"]),
+                replace=fresh, quiet=True)
+    return how
 
 
 def read_metrics(run_dir):
@@ -445,7 +447,7 @@ def main(argv=None):
     shared = shared_settings(model_cfg, train_cfg)
     runs = {name: run_settings(shared, name) for name in parse_variants(cmp_cfg.variants)}
     check_runs(runs.values())
-    with train.lock_folder(cmp_cfg.out_dir):
+    with prepare_data.hold(cmp_cfg.out_dir):
         return compare_runs(runs, shared, Path(cmp_cfg.out_dir), cmp_cfg.fresh)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from lab import analyze
 from lab import compare
+import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, run_main
 from model import GPTConfig
@@ -274,7 +275,7 @@ def main(argv=None):
     runs = {(name, lr): {**compare.run_settings(shared, name), "learning_rate": lr,
                          "min_lr": lr * sweep_cfg.min_lr_ratio} for name in names for lr in lrs}
     compare.check_runs(runs.values())
-    with train.lock_folder(sweep_cfg.out_dir):
+    with prepare_data.hold(sweep_cfg.out_dir):
         return run_sweep(runs, shared, names, lrs, sweep_cfg)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lab import compare
+import prepare_data
 import train
 from configurable import ConfigError, parse_args
 from model import GPTConfig
@@ -25,14 +26,14 @@ def tiny(data_dir, out_dir, *extra):
 
 
 def count_training(monkeypatch):
-    """Record the out_dir of every train.main call, still training for real."""
-    calls, original = [], train.main
+    """Record the out_dir of every train.train call, still training for real."""
+    calls, original = [], train.train
 
-    def counted(argv=None, **kwargs):
-        calls.append(next(a for a in argv if a.startswith("--out_dir=")))
-        return original(argv, **kwargs)
+    def counted(model_cfg, cfg, **kwargs):
+        calls.append(cfg.out_dir)
+        return original(model_cfg, cfg, **kwargs)
 
-    monkeypatch.setattr(train, "main", counted)
+    monkeypatch.setattr(train, "train", counted)
     return calls
 
 
@@ -145,7 +146,7 @@ def test_compare_end_to_end(data_dir, tmp_path, monkeypatch, capsys):
     assert printed.count("settings of every run:") == 1 and "config:" not in printed
 
     # A second compare.py on the same folder stops at once.
-    with train.lock_folder(out):
+    with prepare_data.hold(out):
         with pytest.raises(ConfigError, match=f"{out} is in use by another run"):
             compare.main(tiny(data_dir, out, "--variants=none", "--max_iters=12"))
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lab import sweep
+import prepare_data
 import train
 
 
@@ -48,16 +49,16 @@ def tiny(data_dir, out_dir, *extra):
 
 
 def test_sweep_records_divergence_and_crash_and_skips_finished_runs(data_dir, tmp_path, monkeypatch, capsys):
-    calls, original = [], train.main
+    calls, original = [], train.train
 
-    def crashing(argv=None, **kwargs):
-        out_dir = next(a for a in argv if a.startswith("--out_dir="))
+    def crashing(model_cfg, cfg, **kwargs):
+        out_dir = f"--out_dir={cfg.out_dir}"
         calls.append(out_dir)
         if out_dir.endswith("elementwise/lr_0.001") and len(calls) < 5:
             raise RuntimeError("boom")
-        return original(argv, **kwargs)
+        return original(model_cfg, cfg, **kwargs)
 
-    monkeypatch.setattr(train, "main", crashing)
+    monkeypatch.setattr(train, "train", crashing)
     out = tmp_path / "sweep"
     summaries = sweep.main(tiny(data_dir, out))
     assert len(calls) == 4
@@ -97,16 +98,16 @@ def test_a_settings_error_stops_the_sweep_before_anything_is_written(data_dir, t
     assert not out.exists()
 
     # One that only training finds stops the sweep too, rather than being recorded as a crash.
-    def refusing(argv=None, **kwargs):
+    def refusing(model_cfg, cfg, **kwargs):
         raise sweep.ConfigError("a setting the run refuses")
 
-    monkeypatch.setattr(train, "main", refusing)
+    monkeypatch.setattr(train, "train", refusing)
     with pytest.raises(sweep.ConfigError, match="a setting the run refuses"):
         sweep.main(tiny(data_dir, out))
     assert not (out / "results.jsonl").exists()
     monkeypatch.undo()
     corrected = tiny(data_dir, out, "--variants=none", "--lr_max=1e-3", "--lr_points=1")
-    with train.lock_folder(out):  # while another sweep holds the folder, this one stops at once
+    with prepare_data.hold(out):  # while another sweep holds the folder, this one stops at once
         with pytest.raises(sweep.ConfigError, match=f"{out} is in use by another run"):
             sweep.main(corrected)
     sweep.main(corrected)

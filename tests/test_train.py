@@ -43,7 +43,7 @@ def test_tiny_run_lowers_the_loss_and_writes_everything(data_dir, tmp_path, caps
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
     assert summary["val_loss"] == evals[-1]["val_loss"] and not summary["diverged"]
     assert sorted(steps) == list(range(60))
-    assert all(k in steps[59] for k in ("lr", "grad_norm", "tokens_per_s", "mfu"))
+    assert all(k in steps[59] for k in ("lr", "grad_norm", "tokens_per_s"))
     ckpt = train.load_checkpoint(tmp_path / "ckpt.pt")  # weights_only=True
     assert ckpt["step"] == 60 and ckpt["config"]["gate"] == "elementwise"
     assert json.loads(json.dumps(ckpt["config"])) == ckpt["config"]  # plain data
@@ -197,7 +197,7 @@ def test_threads_setting_sets_pytorchs_thread_count():
 
 
 def test_a_locked_run_folder_stops_a_second_run(data_dir, tmp_path):
-    with train.lock_folder(tmp_path):
+    with prepare_data.hold(tmp_path):
         with pytest.raises(ConfigError) as err:
             train.main(args(data_dir, tmp_path, "--max_iters=1"))
     assert str(err.value) == (f"{tmp_path} is in use by another run (process {os.getpid()}): "
@@ -209,21 +209,22 @@ def test_a_locked_run_folder_stops_a_second_run(data_dir, tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="run folders are not locked without fcntl")
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, train\n"
-                               "with train.lock_folder(sys.argv[1]):\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, prepare_data\n"
+                               "with prepare_data.hold(sys.argv[1]):\n"
                                "    print('held', flush=True)\n    time.sleep(120)", str(tmp_path)],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match=f"in use by another run \\(process {holder.pid}\\)"):
-            with train.lock_folder(tmp_path):
+            with prepare_data.hold(tmp_path):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    (tmp_path / "ckpt.pt.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves it
-    with train.lock_folder(tmp_path):
-        assert not (tmp_path / "ckpt.pt.tmp").exists()
+    (tmp_path / ".ckpt.pt.partial").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves it
+    (tmp_path / "notes.tmp").write_text("a file of the user's")
+    with prepare_data.hold(tmp_path):
+        assert not (tmp_path / ".ckpt.pt.partial").exists() and (tmp_path / "notes.tmp").exists()
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
 
 
@@ -316,3 +317,42 @@ def test_resume_refuses_other_shapes_and_other_data(data_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"it holds other data than the run was trained on \(source_sha256 differ"):
         train.main([*resume, f"--data_dir={tmp_path / 'd2'}"])
     assert train.main([*resume, "--dropout=0.1"])["step"] == 4  # dropout may change
+
+
+def resume_in_subprocess(data_dir, out_dir, max_iters):
+    """`python train.py --resume` on out_dir in another process, slowed by a tiny sleep per step."""
+    code = ("import sys, time, train\n"
+            "step = train.train_step\n"
+            "train.train_step = lambda *a: (time.sleep(0.05), step(*a))[1]\n"
+            "train.main(sys.argv[1:])")
+    return subprocess.Popen([sys.executable, "-c", code, *args(data_dir, out_dir, "--resume", f"--max_iters={max_iters}",
+                                                             "--eval_interval=15")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_resume_while_a_run_goes_on_is_refused_and_loses_nothing(data_dir, tmp_path, monkeypatch):
+    train.main(args(data_dir, tmp_path, "--max_iters=30", "--eval_interval=15"))
+    first = resume_in_subprocess(data_dir, tmp_path, 60)
+    try:
+        while (tmp_path / ".lock").read_text().strip() != str(first.pid):  # the first run holds the folder
+            assert first.poll() is None, first.stderr.read()
+        # A slow second resume: what it reads of the checkpoint, it holds until the first run has ended.
+        load = train.load_checkpoint
+        monkeypatch.setattr(train, "load_checkpoint", lambda *a, **k: (load(*a, **k), first.wait())[0])
+        with pytest.raises(ConfigError, match=f"in use by another run \\(process {first.pid}\\)"):
+            train.main(args(data_dir, tmp_path, "--resume", "--max_iters=45", "--eval_interval=15"))
+    finally:
+        assert first.wait() == 0, first.stderr.read()
+    assert train.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 60
+    records, steps = read_metrics(tmp_path)
+    assert sorted(steps) == list(range(60)) and records[-1]["step"] == 60 and "val_loss" in records[-1]
+
+
+def test_a_resume_after_a_longer_run_finished_changes_nothing(data_dir, tmp_path, capsys):
+    train.main(args(data_dir, tmp_path, "--max_iters=30", "--eval_interval=15"))
+    first = resume_in_subprocess(data_dir, tmp_path, 60)
+    assert first.wait() == 0, first.stderr.read()
+    before = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "metrics.jsonl")}
+    summary = train.main(args(data_dir, tmp_path, "--resume", "--max_iters=45"))
+    assert summary["step"] == 60 and "is at step 60, max_iters=45: nothing to train" in capsys.readouterr().out
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
