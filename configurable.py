@@ -112,7 +112,10 @@ def load_toml(path):
     """Read a flat TOML preset; nested tables are not part of the format."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found")
+        others = [p.name for p in path.parent.glob("*.toml")] if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, others, n=1, cutoff=0.5)
+        hint = f" (did you mean '{path.parent / close[0]}'?)" if close else ""
+        raise ConfigError(f"config file '{path}' not found{hint}")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

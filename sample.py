@@ -1,11 +1,11 @@
 """Sample text from a trained model, streaming it as it is generated.
 
     python sample.py --out_dir=out
-    python sample.py --out_dir=../nanoGPT/out-shakespeare-char    # a nanoGPT checkpoint
-    python sample.py --init_from=gpt2 --prompt="The attention sink"  # OpenAI's GPT-2, downloaded once
-    python sample.py --prompt="ROMEO:" --num_samples=2 --max_new_tokens=300 --top_p=0.9
-    python sample.py --prompt=FILE:prompt.txt --temperature=0
-    python sample.py --rope_scaling=yarn --rope_factor=4   # a RoPE model keeps 4 x block_size of context
+    python sample.py --out_dir=out --prompt="ROMEO:" --num_samples=2 --max_new_tokens=300 --top_p=0.9
+    python sample.py --out_dir=out --prompt=FILE:prompt.txt --temperature=0
+    python sample.py --out_dir=out --rope_scaling=yarn --rope_factor=4   # a RoPE model keeps 4 x block_size
+
+nanoGPT checkpoints and GPT-2's weights are imported into a run folder first (python -m lab.pretrained).
 """
 
 import sys

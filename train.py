@@ -285,6 +285,10 @@ def load_checkpoint(path, device="cpu", keys=CHECKPOINT_KEYS):
     checking that it is a dict with `keys`; anything else is one line of error."""
     path = Path(path)
     if not path.is_file():
+        runs = sorted(p.parent.name for p in path.parent.glob(f"*/{path.name}"))
+        if runs:  # a folder of runs, such as lab.compare writes
+            raise ConfigError(f"no checkpoint at {path}; {path.parent} holds the runs {', '.join(runs)}: pick one, "
+                              f"e.g. --out_dir={path.parent / runs[0]}")
         raise ConfigError(f"no checkpoint at {path}: train one with python train.py --out_dir={path.parent}")
     not_ours = f"{path} is not a checkpoint this project or nanoGPT wrote"
     try:

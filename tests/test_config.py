@@ -48,6 +48,13 @@ def test_bad_input_fails_with_one_clear_line(argv, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_missing_config_file_suggests_the_closest_one(tmp_path):
+    (tmp_path / "sink_cpu.toml").write_text("n_layer = 2\n")
+    with pytest.raises(ConfigError, match=f"config file '{tmp_path}/sink.toml' not found "
+                                          f"\\(did you mean '{tmp_path}/sink_cpu.toml'\\?\\)"):
+        parse([f"--config={tmp_path / 'sink.toml'}"])
+
+
 def test_toml_files_then_command_line(tmp_path):
     first = tmp_path / "a.toml"
     first.write_text('learning_rate = 0.01\nname = "from-file"\ncompile = false\nn_layer = 8\n')

@@ -144,6 +144,9 @@ def test_training_errors(data_dir, tmp_path):
         train.main(args(data_dir, tmp_path, "--max_iters=1"))
     with pytest.raises(ConfigError, match="no checkpoint at"):
         train.main([f"--out_dir={tmp_path / 'empty'}", "--resume"])
+    with pytest.raises(ConfigError, match=f"{tmp_path} holds the runs {tmp_path.name}: pick one, e.g. "
+                                          f"--out_dir={tmp_path / tmp_path.name}"):
+        sample.main([f"--out_dir={tmp_path.parent}"])
 
 
 def test_metrics_keep_the_history_up_to_the_checkpoint(tmp_path):
