@@ -2,7 +2,10 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +16,10 @@ import prepare_data
 from lab import pretrained
 import sample
 import train
-from configurable import ConfigError
+from configurable import ConfigError, to_dict
 from model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CHARS = sorted(set("ROMEO: But soft, what light through yonder window breaks?\n"))
 
@@ -63,19 +68,24 @@ def test_rope_scaling_is_refused_for_learned_positions(tmp_path):
 
 def test_sample_and_analyze_read_a_nanogpt_checkpoint(tmp_path, data_dir, capsys):
     nanogpt_run(tmp_path)
-    samples = sample.main([f"--out_dir={tmp_path / 'out'}", "--prompt=ROMEO:", "--num_samples=1",
+    with pytest.raises(ConfigError, match="is a nanoGPT checkpoint"):  # sample.py reads this project's only
+        sample.main([f"--out_dir={tmp_path / 'out'}"])
+    pretrained.main([f"--source={tmp_path / 'out'}", f"--out_dir={tmp_path / 'imported'}"])
+    capsys.readouterr()
+    samples = sample.main([f"--out_dir={tmp_path / 'imported'}", "--prompt=ROMEO:", "--num_samples=1",
                            "--max_new_tokens=20", "--device=cpu"])
     assert len(samples[0]) == 20 and capsys.readouterr().out.startswith("ROMEO:")
-    with pytest.raises(ConfigError, match="give --data=FOLDER"):
-        analyze.analyze_checkpoint(tmp_path / "out", seq_len=16)
-    with pytest.raises(ConfigError, match="tokenized differently"):  # other characters than the model's
-        analyze.analyze_checkpoint(tmp_path / "out", seq_len=16, data=str(data_dir / "tiny"))
     source = tmp_path / "text.txt"
     source.write_text("".join(CHARS) * 200)
     prepare_data.prepare(prepare_data.DataConfig(dataset="same_chars", source=str(source), data_dir=str(tmp_path)))
-    result = analyze.analyze_checkpoint(tmp_path / "out", seq_len=16, num_sequences=4,
-                                        data=str(tmp_path / "same_chars"))
-    assert result["step"] == 250 and 0 <= result["f_attn"] <= 1 and result["mean_gate"] is None
+    for checkpoint in (tmp_path / "out", tmp_path / "imported"):  # nanoGPT's as it is, and imported
+        with pytest.raises(ConfigError, match="give --data=FOLDER"):
+            analyze.analyze_checkpoint(checkpoint, seq_len=16)
+        with pytest.raises(ConfigError, match="tokenized differently"):  # other characters than the model's
+            analyze.analyze_checkpoint(checkpoint, seq_len=16, data=str(data_dir / "tiny"))
+        result = analyze.analyze_checkpoint(checkpoint, seq_len=16, num_sequences=4,
+                                            data=str(tmp_path / "same_chars"))
+        assert result["step"] == 250 and 0 <= result["f_attn"] <= 1 and result["mean_gate"] is None
 
 
 def test_nanogpt_meta_pkl_is_never_executed(tmp_path):
@@ -191,10 +201,11 @@ def test_train_refuses_to_resume_a_nanogpt_checkpoint(tmp_path):
         train.main([f"--out_dir={tmp_path / 'out'}", "--resume"])
 
 
-def test_sample_with_gpt2_weights(hf_gpt2, capsys):
+def test_sample_with_gpt2_weights(hf_gpt2, tmp_path, capsys):
     _, folder = hf_gpt2
-    samples = sample.main([f"--init_from={folder}", "--prompt=hello", "--num_samples=1", "--max_new_tokens=5",
-                           "--device=cpu"])
+    pretrained.main([f"--source={folder}", f"--out_dir={tmp_path / 'out-gpt2'}"])
+    samples = sample.main([f"--out_dir={tmp_path / 'out-gpt2'}", "--prompt=hello", "--num_samples=1",
+                           "--max_new_tokens=5", "--device=cpu"])
     assert len(samples[0]) == 5 and all(0 <= t < 100 for t in samples[0])
 
 
