@@ -104,6 +104,105 @@ def test_nanogpt_meta_pkl_is_never_executed(tmp_path):
     assert not planted.exists()
 
 
+def write_meta_pkl(tmp_path, meta, pickler=pickle.Pickler):
+    path = tmp_path / "data" / "shakespeare_char" / "meta.pkl"
+    with open(path, "wb") as f:
+        pickler(f).dump(meta)
+    return path
+
+
+def test_meta_pkl_with_a_persistent_id_is_one_clear_line(tmp_path):
+    nanogpt_run(tmp_path)
+
+    class OutsideReference(pickle.Pickler):  # a pickle that points at an object kept elsewhere
+        def persistent_id(self, obj):
+            return "stored elsewhere" if obj == "elsewhere" else None
+
+    itos = dict(enumerate(CHARS))
+    path = write_meta_pkl(tmp_path, {"itos": itos, "stoi": {c: i for i, c in itos.items()}, "x": "elsewhere"},
+                          OutsideReference)
+    with pytest.raises(ConfigError) as e:
+        pretrained.load_model(tmp_path / "out")
+    assert str(e.value) == (f"{path} is not a nanoGPT meta.pkl of plain data (it refers to an object outside "
+                            "the file, persistent id 'stored elsewhere'): it was not read")
+
+
+def test_meta_pkl_shorter_than_the_vocabulary_is_refused_when_loaded(tmp_path):
+    nanogpt_run(tmp_path, vocab_size=len(CHARS) + 5)  # ids the characters of meta.pkl do not reach
+    path = tmp_path / "data" / "shakespeare_char" / "meta.pkl"
+    message = (f"^{path} does not fit {tmp_path / 'out' / 'ckpt.pt'}: it has {len(CHARS)} characters and the "
+               f"model reads {len(CHARS) + 5} tokens \\(ids {len(CHARS)} to {len(CHARS) + 4} would have no "
+               "character\\): give the meta.pkl of the dataset the model was trained on$")
+    with pytest.raises(ConfigError, match=message):
+        pretrained.load_model(tmp_path / "out")
+    with pytest.raises(ConfigError, match=message):
+        pretrained.main([f"--source={tmp_path / 'out'}", f"--out_dir={tmp_path / 'imported'}"])
+    assert not (tmp_path / "imported").exists()  # nothing written, not even the folder
+
+
+ITOS = dict(enumerate(CHARS))
+STOI = {c: i for i, c in ITOS.items()}
+
+
+@pytest.mark.parametrize("meta, problem", [
+    (list(CHARS), "it holds a list, not a dict with 'itos' and 'stoi'"),
+    ({"stoi": STOI}, "it has no 'itos'"),
+    ({"itos": ITOS}, "it has no 'stoi'"),
+    ({"vocab_size": 3}, "it has no 'itos' and no 'stoi'"),
+    ({"itos": "".join(CHARS), "stoi": STOI}, "its 'itos' is a str, not a dict of ids to characters"),
+    ({"itos": {str(i): c for i, c in ITOS.items()}, "stoi": STOI}, "its 'itos' is keyed by .*, not by the ids 0 to"),
+    ({"itos": {i + 1: c for i, c in ITOS.items()}, "stoi": STOI}, "its 'itos' is keyed by .*, not by the ids 0 to"),
+    ({"itos": {i: c for i, c in ITOS.items() if i != 5}, "stoi": STOI}, "its 'itos' is keyed by"),
+    ({"itos": {}, "stoi": {}}, "its 'itos' is empty"),
+    ({"itos": {**ITOS, 3: 7}, "stoi": STOI}, "its 'itos' maps id 3 to 7, not to one character"),
+    ({"itos": {**ITOS, 3: "ab"}, "stoi": STOI}, "its 'itos' maps id 3 to 'ab', not to one character"),
+    ({"itos": {**ITOS, 3: None}, "stoi": STOI}, "its 'itos' maps id 3 to None, not to one character"),
+    ({"itos": {**ITOS, 3: "\ud800"}, "stoi": STOI}, "its 'itos' maps id 3 to '\\\\ud800', half of a UTF-16 pair"),
+    ({"itos": {**ITOS, 4: ITOS[3]}, "stoi": STOI}, f"its 'itos' has {ITOS[3]!r} twice \\(ids 3 and 4\\)"),
+    ({"itos": ITOS, "stoi": {**STOI, CHARS[0]: 1}}, "its 'stoi' is not its 'itos' the other way round"),
+    ({"itos": ITOS, "stoi": list(CHARS)}, "its 'stoi' is not its 'itos' the other way round"),
+    ({"itos": ITOS, "stoi": {**STOI, "x": 99}}, "its 'stoi' is not its 'itos' the other way round"),
+    ({"itos": ITOS, "stoi": STOI, "vocab_size": len(CHARS) + 1}, "its vocab_size .* is not the number of characters"),
+    ({"itos": ITOS, "stoi": STOI, "vocab_size": "30"}, "its vocab_size .* is not the number of characters"),
+])
+def test_every_malformed_meta_pkl_is_one_line_naming_it(tmp_path, meta, problem):
+    nanogpt_run(tmp_path)
+    path = write_meta_pkl(tmp_path, meta)
+    with pytest.raises(ConfigError, match=f"^{path} is not a nanoGPT character meta.pkl: {problem}") as e:
+        pretrained.load_model(tmp_path / "out")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("data", [b"", b"not a pickle at all", pickle.dumps({"itos": ITOS, "stoi": STOI})[:-9]])
+def test_a_meta_pkl_that_is_no_pickle_is_one_line(tmp_path, data):
+    nanogpt_run(tmp_path)
+    path = tmp_path / "data" / "shakespeare_char" / "meta.pkl"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=f"^{path} cannot be read as a pickle: copy the dataset's meta.pkl again$"):
+        pretrained.load_model(tmp_path / "out")
+
+
+def test_itos_as_a_list_or_out_of_code_point_order_reads_the_same(tmp_path):
+    original = nanogpt_run(tmp_path)
+    text = "ROMEO: But soft"
+    with torch.no_grad():
+        expected = original(torch.tensor([[STOI[c] for c in text]]))[0]
+    write_meta_pkl(tmp_path, {"vocab_size": len(CHARS), "itos": list(CHARS), "stoi": STOI})
+    model, tokenizer, _ = pretrained.load_model(tmp_path / "out")
+    assert tokenizer.chars == CHARS and torch.equal(model(torch.tensor([tokenizer.encode(text)]))[0], expected)
+    # A dataset whose ids are not the characters in code-point order: the model's embedding rows
+    # are put in that order, so every character keeps its probability.
+    shuffled = [CHARS[i] for i in torch.randperm(len(CHARS), generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():  # the same weights, read as numbering the characters as `shuffled` does
+        expected = original(torch.tensor([[shuffled.index(c) for c in text]]))[0]
+    write_meta_pkl(tmp_path, {"itos": dict(enumerate(shuffled)), "stoi": {c: i for i, c in enumerate(shuffled)}})
+    model, tokenizer, _ = pretrained.load_model(tmp_path / "out")
+    assert tokenizer.chars == CHARS
+    logits = model(torch.tensor([tokenizer.encode(text)]))[0]
+    assert torch.allclose(logits, expected[..., [shuffled.index(c) for c in CHARS]])
+    assert tokenizer.decode(logits.argmax(-1)[0].tolist()) == "".join(shuffled[i] for i in expected.argmax(-1)[0])
+
+
 def test_nanogpt_without_meta_pkl(tmp_path, monkeypatch):
     nanogpt_run(tmp_path, meta_pkl=False)
     with pytest.raises(ConfigError, match="no meta.pkl for nanoGPT dataset 'shakespeare_char'"):
