@@ -379,3 +379,89 @@ def test_foreign_files_are_refused_clearly(tmp_path):
         pretrained.load_model(folder)
     with pytest.raises(ConfigError, match="no checkpoint at .*gpt2-tiny: give a ckpt.pt"):
         pretrained.load_model("gpt2-tiny")
+
+
+# ---------------------------------------------------------------------------
+# The import: python -m lab.pretrained --source=... --out_dir=DIR, then sample.py --out_dir=DIR
+# ---------------------------------------------------------------------------
+
+
+def test_import_a_nanogpt_run_from_the_command_line_then_sample_it(tmp_path, capsys):
+    original = nanogpt_run(tmp_path)
+    out_dir = tmp_path / "imported"
+    done = subprocess.run([sys.executable, "-m", "lab.pretrained", f"--source={tmp_path / 'out'}",
+                           f"--out_dir={out_dir}"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(f"-> {out_dir / 'ckpt.pt'}\nsample it with: python sample.py --out_dir={out_dir}\n")
+    ckpt = train.load_checkpoint(out_dir / "ckpt.pt", keys=("model", "config", "meta"))
+    args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=False, vocab_size=len(CHARS), dropout=0.1)
+    assert ckpt["config"] == to_dict(GPTConfig(gate="none", **args)) and ckpt["step"] == 250
+    assert ckpt["meta"] == {"tokenizer": "char", "chars": CHARS, "vocab_size": len(CHARS), "dtype": "uint16"}
+    idx = torch.tensor([prepare_data.tokenizer_from_meta(ckpt["meta"]).encode("ROMEO: But soft")])
+    assert torch.equal(train.model_from_checkpoint(ckpt)(idx)[0], original.eval()(idx)[0])
+    samples = sample.main([f"--out_dir={out_dir}", "--prompt=ROMEO:", "--num_samples=2", "--max_new_tokens=30",
+                           "--device=cpu"])
+    assert [len(s) for s in samples] == [30, 30] and capsys.readouterr().out.startswith("ROMEO:")
+    model, tokenizer, info = pretrained.load_model(out_dir)  # analyze's loader reads the imported folder
+    assert all(len(tokenizer.decode(s)) == 30 for s in samples)
+    assert info["kind"] == "nanogpt" and info["step"] == 250 and tokenizer.chars == CHARS
+    assert torch.equal(model(idx)[0], original(idx)[0])
+
+
+def test_import_gpt2_files_gives_transformers_logits(hf_gpt2, tmp_path):
+    hf, folder = hf_gpt2
+    out = pretrained.main([f"--source={folder}", f"--out_dir={tmp_path / 'out-gpt2'}"])
+    assert out == tmp_path / "out-gpt2" / "ckpt.pt"
+    ckpt = train.load_checkpoint(out, keys=("model", "config", "meta"))  # as sample.py reads it
+    assert ckpt["meta"] == {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"} and "step" not in ckpt
+    assert ckpt["config"] == to_dict(GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=32,
+                                               bias=True, activation="gelu_tanh", gate="none"))
+    idx = torch.randint(0, 100, (2, 32))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        assert torch.allclose(train.model_from_checkpoint(ckpt)(idx)[0], expected, atol=1e-5)
+        model, _, info = pretrained.load_model(out.parent)
+        assert info["kind"] == "gpt2" and torch.allclose(model(idx)[0], expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="rope_scaling applies to RoPE models, and .* has learned positions"):
+        pretrained.load_model(out.parent, rope_scaling="yarn")
+
+
+def test_gpt2_by_name_is_imported_offline_from_the_cache(hf_gpt2, tmp_path, monkeypatch, capsys):
+    _, folder = hf_gpt2
+    calls = []
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained.urllib.request, "urlopen", serve(folder, calls))
+    pretrained.main(["--source=gpt2", f"--out_dir={tmp_path / 'out-gpt2'}"])
+    assert len(calls) == 2 and "gpt2 (gpt2, 0." in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="out-gpt2/ckpt.pt exists: choose another --out_dir"):  # before a download
+        pretrained.main(["--source=gpt2-xl", f"--out_dir={tmp_path / 'out-gpt2'}"])
+    assert len(calls) == 2
+
+
+def test_import_refuses_clearly(tmp_path, capsys):
+    nanogpt_run(tmp_path)
+    source = f"--source={tmp_path / 'out'}"
+    with pytest.raises(SystemExit) as e:
+        pretrained.main(["--help"])
+    assert e.value.code == 0 and "--out_dir=" in capsys.readouterr().out
+    for argv in ([source], [f"--out_dir={tmp_path / 'x'}"], []):
+        with pytest.raises(ConfigError, match=r"^give what to import and where: --source=PATH_OR_NAME --out_dir=DIR$"):
+            pretrained.main(argv)
+    out = pretrained.main([source, f"--out_dir={tmp_path / 'imported'}"])
+    written = out.read_bytes()
+    with pytest.raises(ConfigError, match=f"^{out} exists: choose another --out_dir, or delete it to import again$"):
+        pretrained.main([source, f"--out_dir={tmp_path / 'imported'}"])
+    assert out.read_bytes() == written
+    with pytest.raises(ConfigError, match=f"is already a checkpoint of this project: sample it as it is, with "
+                                          f"python sample.py --out_dir={out.parent}$"):
+        pretrained.main([f"--source={out.parent}", f"--out_dir={tmp_path / 'again'}"])
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="a-file is a file, not a folder"):
+        pretrained.main([source, f"--out_dir={tmp_path / 'a-file'}"])
+    with prepare_data.hold(tmp_path / "busy"):  # a training, or another import, holds the folder
+        with pytest.raises(ConfigError, match=f"{tmp_path / 'busy'} is in use by another run"):
+            pretrained.main([source, f"--out_dir={tmp_path / 'busy'}"])
+    assert not (tmp_path / "busy" / "ckpt.pt").exists()
+    with pytest.raises(ConfigError, match="no checkpoint at .*missing: give a ckpt.pt"):
+        pretrained.main([f"--source={tmp_path / 'missing'}", f"--out_dir={tmp_path / 'x'}"])
