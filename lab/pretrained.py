@@ -1,17 +1,17 @@
-"""Models trained elsewhere, in this project's checkpoint format: nanoGPT's checkpoints and OpenAI's GPT-2.
+"""Models trained elsewhere, as checkpoints of this project: nanoGPT's and OpenAI's GPT-2.
 
-    python -m lab.pretrained --source=gpt2 --out_dir=out-gpt2       # gpt2 | gpt2-medium | gpt2-large | gpt2-xl,
-                                                                    # downloaded once
-    python -m lab.pretrained --source=../nanoGPT/out-shakespeare-char --out_dir=out-nanogpt   # nanoGPT's
-                                                                    # run folder or ckpt.pt (and its meta.pkl)
-    python -m lab.pretrained --source=path/to/folder --out_dir=out-hf   # Hugging Face GPT-2 files: config.json
-                                                                    # and model.safetensors or pytorch_model.bin
+    python -m lab.pretrained --source=gpt2 --out_dir=out-gpt2   # gpt2 | gpt2-medium | gpt2-large | gpt2-xl
+    python -m lab.pretrained --source=../nanoGPT/out-shakespeare-char --out_dir=out-nanogpt
+    python -m lab.pretrained --source=path/to/hf-gpt2 --out_dir=out-hf   # Hugging Face GPT-2 files
     python sample.py --out_dir=out-gpt2 --prompt="The attention sink"
-    python -m lab.analyze --checkpoints=out-gpt2 --data=data/FOLDER  # a dataset of the model's tokenizer
+    python -m lab.analyze --checkpoints=out-nanogpt --data=data/FOLDER   # a dataset of the model's tokenizer
 
-The import writes DIR/ckpt.pt as train.py would (model, config, meta, step), so sample.py
-reads it like any run. In code, load_model(source) gives the model and its tokenizer for
-any of these sources, and for this project's checkpoints.
+--source is nanoGPT's run folder or ckpt.pt (with the dataset's meta.pkl next to it or in
+data/DATASET/), one of OpenAI's GPT-2 sizes by name (downloaded once, into ~/.cache/gated-gpt/),
+or a folder holding config.json and model.safetensors (or pytorch_model.bin). The import writes
+DIR/ckpt.pt as train.py writes its checkpoints (model, config, meta, step), so sample.py reads
+it like any run. In code, load_model(source) gives the model and its tokenizer for any of these
+sources as they are, and for this project's checkpoints.
 
 A plain GPT here (gate="none") has nanoGPT's parameter names, so both load
 into the same model; GPT-2 adds biases and the tanh GELU (activation="gelu_tanh").
