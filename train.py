@@ -299,8 +299,8 @@ def load_checkpoint(path, device="cpu", keys=CHECKPOINT_KEYS):
         raise ConfigError(f"{not_ours}: it holds a {type(ckpt).__name__}, not a dict")
     missing = [key for key in keys if key not in ckpt]
     if missing and "model_args" in ckpt:
-        raise ConfigError(f"{path} is a nanoGPT checkpoint: import it with python -m lab.pretrained "
-                          f"--source={path} --out_dir=DIR, then use DIR")
+        raise ConfigError(f"{path} is a nanoGPT checkpoint: train.py cannot resume it; import it for sample.py "
+                          f"with python -m lab.pretrained --source={path} --out_dir=DIR")
     if missing:
         raise ConfigError(f"{not_ours}: it has no {', '.join(map(repr, missing))}")
     return ckpt
