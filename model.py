@@ -307,12 +307,22 @@ class GPT(nn.Module):
                                                        self.rope_cos.device)
         return self.rope_cos, self.rope_sin
 
-    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices only (not on biases, norms or gate constants)."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw"):
+        """AdamW with weight decay on matrices only (not on biases, norms or gate constants). With
+        optimizer="muon", torch.optim.Muon takes the blocks' matrices (c_attn with the gate's
+        columns, c_proj, c_fc): their momentum is orthogonalised by a Newton-Schulz iteration
+        (Jordan et al. 2024), scaled to AdamW's update size so that one learning rate serves both.
+        Embeddings, the tied head, norms and biases stay with AdamW."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
+        hidden = [p for p in self.transformer.h.parameters() if p.dim() == 2] if optimizer == "muon" else []
+        rest = [p for p in params if id(p) not in {id(h) for h in hidden}]
+        groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))]
+        if hidden:
+            optimizers.append(torch.optim.Muon(hidden, lr=learning_rate, weight_decay=weight_decay,
+                                               adjust_lr_fn="match_rms_adamw"))
+        return optimizers
 
     def flops_per_token(self):
         """Training FLOPs per token: 6N for the matmuls plus attention (PaLM, App. B)."""

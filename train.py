@@ -47,7 +47,8 @@ class TrainConfig:
     min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay")
     warmup_iters: int = opt(100, "linear warm-up steps")
     lr_decay_iters: int = opt(0, "steps of cosine decay (0: max_iters)")
-    weight_decay: float = opt(0.1, "AdamW weight decay, on matrices only")
+    optimizer: str = opt("adamw", "adamw | muon (torch.optim.Muon on the blocks' matrices, AdamW on the rest)")
+    weight_decay: float = opt(0.1, "weight decay, on matrices only")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
@@ -66,6 +67,11 @@ class TrainConfig:
         check_runtime_settings(self.device, self.dtype, self.threads)
         if self.compile not in ("auto", "true", "false"):
             raise ConfigError(f"bad value {self.compile!r} for 'compile': choose auto, true or false")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"bad value {self.optimizer!r} for 'optimizer': choose adamw or muon")
+        if self.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+            raise ConfigError(f"optimizer=muon needs torch.optim.Muon, new in PyTorch 2.9 (this is {torch.__version__}): "
+                              "upgrade torch, or use --optimizer=adamw")
         for key in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters", "log_interval", "spike_window"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be at least 1")
@@ -432,7 +438,7 @@ def mean_loss(model, batches, runtime):
     return (total[0] / total[1]).item()
 
 
-def train_step(model, optimizer, scaler, micro_batches, runtime, params, grad_clip):
+def train_step(model, optimizers, scaler, micro_batches, runtime, params, grad_clip):
     """One optimizer step over this process's micro-batches; returns the mean loss and the gradient
     norm as device tensors, without a host sync."""
     step_loss = torch.zeros((), device=runtime.device)
@@ -445,11 +451,13 @@ def train_step(model, optimizer, scaler, micro_batches, runtime, params, grad_cl
         scaler.scale(loss / len(micro_batches)).backward()
     if runtime.world_size > 1:
         dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
-    scaler.unscale_(optimizer)
+    for optimizer in optimizers:
+        scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
-    scaler.step(optimizer)
+    for optimizer in optimizers:
+        scaler.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
     return step_loss, norm.float()
 
 
@@ -472,14 +480,14 @@ def prepare_run(model_cfg, cfg):
 
 
 def build_training(model_cfg, cfg, runtime, folder, meta):
-    """A fresh model (seeded per process), its AdamW, the gradient scaler (fp16 only) and the batches."""
+    """A fresh model (seeded per process), its optimizers, the gradient scaler (fp16 only) and the batches."""
     torch.manual_seed(cfg.seed + runtime.rank)
     model = GPT(model_cfg).to(runtime.device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                          runtime.device_type)
+    optimizers = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                            runtime.device_type, cfg.optimizer)
     scaler = torch.amp.GradScaler(runtime.device_type, enabled=runtime.dtype == torch.float16)
     batches = Batches(folder, model_cfg.block_size, cfg.batch_size, runtime, cfg.seed, bos_token(cfg, meta))
-    return model, optimizer, scaler, batches
+    return model, optimizers, scaler, batches
 
 
 @contextlib.contextmanager
@@ -526,11 +534,16 @@ def run(model_cfg, cfg, ckpt, on_eval=None, replace=False, quiet=False):
               "(raise --max_iters to go on)")
         return {**summary, "step": ckpt["step"], "best_val_loss": ckpt["best_val_loss"]}
 
-    model, optimizer, scaler, batches = build_training(model_cfg, cfg, runtime, folder, meta)
+    model, optimizers, scaler, batches = build_training(model_cfg, cfg, runtime, folder, meta)
     step, best_val = 0, float("inf")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        states = ckpt["optimizer"] if isinstance(ckpt["optimizer"], list) else [ckpt["optimizer"]]
+        if len(states) != len(optimizers):
+            raise ConfigError(f"--resume cannot change the optimizer ({ckpt['config'].get('optimizer', 'adamw')} -> "
+                              f"{cfg.optimizer}): drop the override, or train a new model in another --out_dir")
+        for optimizer, state in zip(optimizers, states):
+            optimizer.load_state_dict(state)
         if ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
         step, best_val = ckpt["step"], ckpt["best_val_loss"]
@@ -590,7 +603,7 @@ def run(model_cfg, cfg, ckpt, on_eval=None, replace=False, quiet=False):
             extra, note = on_eval(raw_model, probe, history, meta)
             record.update(extra)
         log.write(**record)
-        state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": raw_model.state_dict(), "optimizer": [optimizer.state_dict() for optimizer in optimizers],
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "config": to_dict(model_cfg, cfg), "meta": meta, "step": at_step, "best_val_loss": best_val,
                  "rng": rng_state(batches, runtime), "history": history}
@@ -610,9 +623,9 @@ def run(model_cfg, cfg, ckpt, on_eval=None, replace=False, quiet=False):
             if summary["diverged"]:
                 break
         lr = learning_rate(step, cfg)
-        for group in optimizer.param_groups:
+        for group in (group for optimizer in optimizers for group in optimizer.param_groups):
             group["lr"] = lr
-        step_loss, norm = train_step(model, optimizer, scaler, batches.train_step(cfg.grad_accum_steps),
+        step_loss, norm = train_step(model, optimizers, scaler, batches.train_step(cfg.grad_accum_steps),
                                      runtime, params, cfg.grad_clip)
         pending.append((step, lr, step_loss, norm))
         step += 1

@@ -359,3 +359,61 @@ def test_a_resume_after_a_longer_run_finished_changes_nothing(data_dir, tmp_path
     summary = train.main(args(data_dir, tmp_path, "--resume", "--max_iters=45"))
     assert summary["step"] == 60 and "is at step 60, max_iters=45: nothing to train" in capsys.readouterr().out
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+# ---------------------------------------------------------------------------
+# Muon
+# ---------------------------------------------------------------------------
+
+
+def test_muon_takes_exactly_the_blocks_matrices_and_adamw_the_rest():
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, pos_emb="learned",
+                          gate="headwise", bias=True))
+    adamw, muon = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu", "muon")
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    names = {id(p): name for name, p in model.named_parameters()}
+    in_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
+    in_adamw = {names[id(p)] for group in adamw.param_groups for p in group["params"]}
+    assert not in_muon & in_adamw and in_muon | in_adamw == set(names.values())
+    assert in_muon == {name for name, p in model.named_parameters() if name.startswith("transformer.h.") and p.dim() == 2}
+    assert {"transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight"} <= in_muon  # the gate's columns too
+    assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+            "transformer.h.0.attn.c_attn.bias"} <= in_adamw
+    (only,) = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu", "adamw")
+    assert sum(len(group["params"]) for group in only.param_groups) == len(names)
+
+
+def test_a_muon_step_lowers_the_loss_on_a_tiny_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    optimizers = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cpu", "muon")
+    x = torch.randint(0, 40, (4, 16))
+    before = model(x, x)[1]
+    before.backward()
+    muon_weight = model.transformer.h[0].attn.c_attn.weight.detach().clone()
+    for optimizer in optimizers:
+        optimizer.step()
+    assert not torch.equal(muon_weight, model.transformer.h[0].attn.c_attn.weight)
+    assert model(x, x)[1].item() < before.item() - 0.05
+
+
+def test_a_muon_run_resumes_bit_for_bit(data_dir, tmp_path, interrupted_after):
+    common = ("--max_iters=12", "--eval_interval=4", "--dropout=0.1", "--optimizer=muon")
+    train.main(args(data_dir, tmp_path / "straight", *common))
+    with interrupted_after(9):
+        train.main(args(data_dir, tmp_path / "resumed", *common))
+    ckpt = train.load_checkpoint(tmp_path / "resumed" / "ckpt.pt")
+    assert ckpt["step"] == 8 and len(ckpt["optimizer"]) == 2 and ckpt["optimizer"][1]["state"]  # AdamW's and Muon's
+    with pytest.raises(ConfigError, match="--resume cannot change the optimizer \\(muon -> adamw\\)"):
+        train.main([f"--out_dir={tmp_path / 'resumed'}", "--resume", "--optimizer=adamw"])
+    train.main([f"--out_dir={tmp_path / 'resumed'}", "--resume"])
+    straight, resumed = read_metrics(tmp_path / "straight")[1], read_metrics(tmp_path / "resumed")[1]
+    assert [straight[s]["loss"] for s in range(12)] == [resumed[s]["loss"] for s in range(12)]
+    a = train.load_checkpoint(tmp_path / "straight" / "ckpt.pt")
+    b = train.load_checkpoint(tmp_path / "resumed" / "ckpt.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_optimizer_setting_is_checked():
+    with pytest.raises(ConfigError, match="bad value 'sgd' for 'optimizer': choose adamw or muon"):
+        train.TrainConfig(optimizer="sgd")
