@@ -1,7 +1,7 @@
 """Measure training and generation speed, comparing variants side by side.
 
     python -m lab.bench                  # CPU: 6 layers, 6 heads, 384 dim, context 256, batch 16
-                                     # CUDA: GPT-2 124M, context 1024 (--preset=gpt2)
+                                         # CUDA: GPT-2 124M, context 1024 (--preset=gpt2)
     python -m lab.bench --preset=tiny    # nanoGPT's CPU recipe: 4 layers, 4 heads, 128 dim, context 64, batch 12
     python -m lab.bench --config=configs/tinyshakespeare_cpu.toml    # the shape and batch of any training preset
     python -m lab.bench --variants=none,headwise,elementwise --tables=gate
@@ -30,7 +30,8 @@ and per CPU-second for both, and the peak resident memory of prepare_data.py and
 
 Tables:
   train     the default path (dtype=auto, compile=auto, as train.py picks them
-            for this device) against plain fp32 eager, and the steps between
+            for this device) against plain fp32 eager, and the steps between;
+            a compiled path is torch.compile of the whole model, as in train.py
   gate      the cost of the gate: none, headwise, elementwise on the default path
   generate  tokens/s sampling with and without the KV cache, within the
             context and far past it (the window jumps by block_size/4 and the
@@ -68,9 +69,9 @@ import torch
 import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, run_main
-from model import GATES, GPTConfig
+from model import CHOICES, GPTConfig
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository: train.py, prepare_data.py, configs/
 
 # Model shape and batch of each preset; keys given on the command line override them.
 PRESETS = {
@@ -134,8 +135,8 @@ class BenchConfig:
                     raise ConfigError(f"bad path {path!r} in 'paths': write dtype/compile, e.g. float32/false, "
                                       "with compile auto (the default), true or false")
         for gate in split(self.variants):
-            if gate not in GATES:
-                raise ConfigError(f"bad gate {gate!r} in 'variants': choose from {', '.join(GATES)}")
+            if gate not in CHOICES["gate"]:
+                raise ConfigError(f"bad gate {gate!r} in 'variants': choose from {', '.join(CHOICES['gate'])}")
         if not all(n.isdigit() and int(n) > 0 for n in split(self.gen_tokens)):
             raise ConfigError(f"bad value {self.gen_tokens!r} for 'gen_tokens': give positive token counts, "
                               "e.g. 250,1000")
@@ -182,14 +183,57 @@ def device_name(device):
     return device.type
 
 
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; the MFU
+# denominator. fp32 runs use TF32 on these GPUs, whose peak is half of this.
+GPU_PEAK_BF16 = {
+    "H200": 989e12, "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H800": 989e12,
+    "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+    "L40": 181e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12, "A6000": 155e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+def peak_flops(device_type, dtype=torch.bfloat16, device_name=None):
+    """The device's peak matmul FLOP/s: a data-sheet table for GPUs, a measurement on CPUs."""
+    if device_type == "cuda":
+        name = device_name or torch.cuda.get_device_name()
+        for key, flops in GPU_PEAK_BF16.items():
+            if key in name:
+                return flops if dtype in (torch.bfloat16, torch.float16) else flops / 2
+        return None
+    if device_type == "cpu":
+        return measure_matmul_flops(dtype)
+    return None
+
+
+def measure_matmul_flops(dtype, n=1024, repeats=8, trials=3):
+    """FLOP/s of an n x n matmul on the CPU, the best of a few trials (other work may share the CPU)."""
+    # Its own generator: a draw from the global one would shift the dropout of a training in this process.
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, dtype=dtype, generator=generator) for _ in range(2))
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 * repeats / best
+
+
+def mfu(model, tokens_per_s, peak):
+    """Model FLOPs utilisation: the training FLOP/s achieved (the model's FLOPs per token) over the peak."""
+    return model.flops_per_token() * tokens_per_s / peak
+
+
 def device_peaks(device):
-    """Peak matmul FLOP/s per precision: train.peak_flops (a data sheet for GPUs; on a CPU a
-    measurement, taken again here and the best kept, since other work may have shared the CPU)."""
+    """Peak matmul FLOP/s per precision: a data sheet for GPUs; on a CPU a measurement, taken twice
+    and the best kept, since other work may have shared the CPU."""
     peaks = {}
     for dtype in (torch.float32, torch.bfloat16) + ((torch.float16,) if device.type == "cuda" else ()):
-        peak = train.peak_flops(device.type, dtype)
+        peak = peak_flops(device.type, dtype)
         if device.type == "cpu":
-            peak = max(peak, train.measure_matmul_flops(dtype))
+            peak = max(peak, measure_matmul_flops(dtype))
         peaks[NAMES[str(dtype)[6:]]] = peak
     return peaks
 
@@ -266,11 +310,11 @@ def build(variant, model_cfg, train_cfg, device, folder):
     runtime = train.setup_runtime(str(device), variant.dtype)
     variant.resolved_dtype = NAMES.get(str(runtime.dtype).replace("torch.", ""), str(runtime.dtype))
     raw, optimizer, scaler, batches = train.build_training(dataclasses.replace(model_cfg, gate=variant.gate),
-                                                           train_cfg, runtime, folder)
+                                                           train_cfg, runtime, folder, prepare_data.load_meta(folder))
     variant.compiled = train.should_compile(train_cfg, runtime)
-    model = train.compile_model(raw, runtime) if variant.compiled else raw
+    model = torch.compile(raw) if variant.compiled else raw  # as train.py does: the whole model, on any device
     params = list(raw.parameters())
-    variant.raw, variant.runtime = raw, runtime
+    variant.raw, variant.model, variant.runtime = raw, model, runtime  # raw: evaluation and generation, eager
     variant.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.grad_accum_steps
 
     def step():
@@ -435,7 +479,6 @@ def val_loss_of(out_dir):
     return (evals[-1]["val_loss"], evals[-1]["step"]) if evals else (None, None)
 
 
-@torch.no_grad()
 def full_val_loss(out_dir, data_dir):
     """Loss of a run's final model over the whole val split in non-overlapping windows (fp32, not timed)."""
     ckpt = train.load_checkpoint(Path(out_dir) / "ckpt.pt")
@@ -447,15 +490,12 @@ def full_val_loss(out_dir, data_dir):
     n = (len(data) - 1) // T
     x = torch.from_numpy(data[:n * T].reshape(n, T))
     y = torch.from_numpy(data[1:n * T + 1].reshape(n, T))
-    total = 0.0
-    for i in range(0, n, 64):
-        _, loss = model(x[i:i + 64], y[i:i + 64])
-        total += loss.item() * len(x[i:i + 64])
-    return total / n
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, n, 64)]
+    return train.mean_loss(model, batches, train.Runtime(torch.device("cpu"), torch.float32))
 
 
 def find(path):
-    """A path as given, else relative to this repository (so bench.py runs from any folder)."""
+    """A path as given, else relative to the repository (so the bench runs from any folder)."""
     path = Path(path)
     if not path.exists() and (ROOT / path).exists():
         return ROOT / path
@@ -808,7 +848,7 @@ def main(argv=None):
         peaks = device_peaks(device)
         for v in all_variants:
             peak = peaks.get(NAMES[str(v.runtime.dtype)[6:]]) if hasattr(v, "ms") else None
-            v.mfu = v.raw.estimate_mfu(v.tokens_per_s, peak) if peak else None
+            v.mfu = mfu(v.raw, v.tokens_per_s, peak) if peak else None
         out = ["peak matmul FLOP/s (" + ("data sheet" if device.type == "cuda" else "measured, best of two "
                "measurements") + "): " + ", ".join(f"{k} {v / 1e12:.3g} T" if v else f"{k} unknown"
                                                     for k, v in peaks.items()), ""]
@@ -826,6 +866,9 @@ def main(argv=None):
             out.append(f"  peak MiB: the variant's own peak (weights, optimizer state, activations, compile "
                        f"workspace), from {memory.kind}; +step MiB: what one training step adds on top of "
                        "what is resident. spread: (max - min) / median of ms/step over the rounds.")
+            if any(v.compiled for v in all_variants):
+                out.append("  compiled: torch.compile of the whole model, as train.py --compile=true does (on a CPU "
+                           "too); its 1st step s includes the compilation.")
             out.append("")
         if gen_variant is not None:
             if not hasattr(gen_variant, "raw"):

@@ -76,37 +76,62 @@ def test_speedrun_times_two_training_runs(tmp_path, capsys):
 
 
 def test_cpu_defaults_pick_bf16_and_stay_eager(monkeypatch):
+    import shutil
+
     import torch
 
     import train
     runtime = train.setup_runtime("cpu", "auto")
     assert runtime.dtype == (torch.bfloat16 if train.cpu_has_native_bf16() else torch.float32)
     assert train.setup_runtime("cpu", "float32").dtype == torch.float32
-    monkeypatch.setattr(train, "has_cpp_compiler", lambda: True)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # a C++ compiler is installed
     assert not train.should_compile(train.TrainConfig(max_iters=100_000, batch_size=64), runtime)
     assert train.should_compile(train.TrainConfig(compile="true"), runtime)
     cuda = train.Runtime(torch.device("cuda"), torch.bfloat16, 0, 0, 1)
     assert train.should_compile(train.TrainConfig(), cuda)
     assert not train.should_compile(train.TrainConfig(compile="false"), cuda)
     # Without a C++ compiler torch.compile cannot work on a CPU: compile=true says why.
-    monkeypatch.setattr(train, "has_cpp_compiler", lambda: False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="needs a C.. compiler.*--compile=false"):
         train.should_compile(train.TrainConfig(compile="true"), runtime)
 
 
-def test_cpu_compile_keeps_names_and_leaves_evaluation_eager():
+def test_cpu_compile_keeps_names_and_leaves_evaluation_eager(tmp_path, monkeypatch):
+    """A compiled path wraps the model in torch.compile, which compiles lazily (nothing here runs a
+    training step, so no C++ compiler is needed): its parameter names, evaluation and generation
+    stay the eager model's."""
+    import shutil
+
     import torch
 
     import train
     from model import GPT, GPTConfig
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=16, block_size=8)).eval()
-    idx = torch.randint(0, 11, (2, 8))
-    before, keys = model(idx)[0], list(model.state_dict())
-    compiled = train.compile_model(model, train.setup_runtime("cpu", "float32"))
-    assert compiled is model and list(model.state_dict()) == keys  # checkpoints load as before
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    folder, _ = bench.dataset_folder(train.TrainConfig(data_dir=str(tmp_path), dataset="missing"), tmp_path)
+    model_cfg = GPTConfig(vocab_size=prepare_data.load_meta(folder)["vocab_size"], n_layer=2, n_head=2, n_embd=16,
+                          block_size=8)
+    variant = bench.build(bench.Variant(name="fp32 compiled", gate="elementwise", dtype="float32", compile="true"),
+                          model_cfg, train.TrainConfig(device="cpu", batch_size=2), torch.device("cpu"), folder)
+    model, compiled = variant.raw.eval(), variant.model
+    assert variant.compiled and compiled is not model and compiled._orig_mod is model  # torch.compile of the model
+    fresh = GPT(model_cfg).eval()
+    fresh.load_state_dict(model.state_dict())  # checkpoints load as before: the same names
+    idx = torch.randint(0, model_cfg.vocab_size, (2, 8))
+    before, keys = fresh(idx)[0], list(fresh.state_dict())
+    assert list(model.state_dict()) == keys
     assert torch.equal(model(idx)[0], before)  # eval mode: the eager forward, nothing compiled
     assert model.generate(idx[:, :1], 12, temperature=0).shape == (2, 13)  # KV cache: eager too
+
+
+def test_measurements_leave_the_global_generator_alone():
+    """The CPU peak measurement draws from its own generator: a training in the same process keeps its dropout."""
+    import torch
+    before = torch.get_rng_state()
+    assert positive(bench.measure_matmul_flops(torch.float32, n=64, repeats=1, trials=1))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert bench.peak_flops("cuda", torch.bfloat16, "NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.peak_flops("cuda", torch.float32, "NVIDIA H100 80GB HBM3") == 989e12 / 2
+    assert bench.peak_flops("cuda", torch.bfloat16, "some unknown GPU") is None
 
 
 @pytest.mark.parametrize("setting, message", [
