@@ -309,7 +309,7 @@ def build(variant, model_cfg, train_cfg, device, folder):
     train_cfg = dataclasses.replace(train_cfg, dtype=variant.dtype, compile=variant.compile)
     runtime = train.setup_runtime(str(device), variant.dtype)
     variant.resolved_dtype = NAMES.get(str(runtime.dtype).replace("torch.", ""), str(runtime.dtype))
-    raw, optimizer, scaler, batches = train.build_training(dataclasses.replace(model_cfg, gate=variant.gate),
+    raw, optimizers, scaler, batches = train.build_training(dataclasses.replace(model_cfg, gate=variant.gate),
                                                            train_cfg, runtime, folder, prepare_data.load_meta(folder))
     variant.compiled = train.should_compile(train_cfg, runtime)
     model = torch.compile(raw) if variant.compiled else raw  # as train.py does: the whole model, on any device
@@ -318,7 +318,7 @@ def build(variant, model_cfg, train_cfg, device, folder):
     variant.tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.grad_accum_steps
 
     def step():
-        return train.train_step(model, optimizer, scaler, batches.train_step(train_cfg.grad_accum_steps),
+        return train.train_step(model, optimizers, scaler, batches.train_step(train_cfg.grad_accum_steps),
                                 runtime, params, train_cfg.grad_clip)
     variant.step = step
     return variant
