@@ -430,8 +430,8 @@ def rope_frequencies(config, length):
     d, L, s = config.head_size, config.block_size, config.rope_factor
     exponents = torch.arange(d // 2, dtype=torch.float32) / (d // 2)  # 2i / d
     method = config.rope_scaling
-    if method == "dynamic_ntk":  # NTK with s from the current length (Reddit, emozilla 2023)
-        s = max(1.0, length / L)
+    if method == "dynamic_ntk":  # NTK with s grown from the current length n, plain RoPE up to L (emozilla 2023)
+        s = s * length / L - (s - 1) if length > L else 1.0
     if method == "none" or s == 1.0:
         return 1.0 / (config.rope_base ** exponents)
     if method in ("ntk", "dynamic_ntk"):  # NTK-aware: base * s^(d / (d - 2)) (Reddit, bloc97 2023)
@@ -439,11 +439,16 @@ def rope_frequencies(config, length):
     theta = 1.0 / (config.rope_base ** exponents)
     if method == "pi":  # position interpolation: m -> m / s, the same as theta / s (Chen et al. 2023)
         return theta / s
-    # YaRN's "NTK-by-parts" interpolation (Peng et al. 2023): a frequency that turns r_i = L theta_i / 2pi
-    # times within L keeps theta_i when r_i >= beta = 32, is interpolated (theta_i / s) when
-    # r_i <= alpha = 1, and is blended linearly in between.
-    ramp = ((L * theta / (2 * math.pi) - 1.0) / (32.0 - 1.0)).clamp(0.0, 1.0)
-    return (1.0 - ramp) * theta / s + ramp * theta
+    # YaRN's "NTK-by-parts" (Peng et al. 2023) as its authors' code computes it (and transformers, vLLM,
+    # llama.cpp): pairs turning >= 32 times within L keep theta, those turning <= once get theta / s,
+    # with the two bounds turned into pair indices and the blend linear in the index.
+    def index(turns):  # the pair that turns `turns` times within L
+        return d * math.log(L / (turns * 2 * math.pi)) / (2 * math.log(config.rope_base))
+    low, high = max(math.floor(index(32)), 0), min(math.ceil(index(1)), d - 1)
+    if low == high:
+        high += 0.001  # as the reference, to avoid dividing by zero
+    keep = 1 - ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    return theta / s * (1 - keep) + theta * keep
 
 
 def rope_attention_scale(config):

@@ -104,13 +104,15 @@ def extension_results(ckpt, x, y, cfg, runtime):
 
 
 def yarn_regimes(ckpt):
-    """How YaRN's ramp treats this model's frequencies: kept (>= 32 rotations in the trained
-    context), interpolated (<= 1) or blended, and each frequency's rotations."""
+    """How YaRN's ramp treats this model's frequencies: kept, interpolated as in PI or blended
+    (the same at any factor), and each frequency's rotations in the trained context."""
     config = pick(GPTConfig, {**ckpt["config"], **scaled("none", 1)})
     theta = rope_frequencies(config, config.block_size).double()
+    yarn = rope_frequencies(pick(GPTConfig, {**ckpt["config"], **scaled("yarn", 2)}), config.block_size).double()
+    keep = (2 * yarn / theta - 1).tolist()  # yarn = theta / 2 * (1 - keep) + theta * keep at factor 2
     rotations = (config.block_size * theta / (2 * math.pi)).tolist()
-    return {"kept": sum(r >= 32 for r in rotations), "blended": sum(1 < r < 32 for r in rotations),
-            "interpolated": sum(r <= 1 for r in rotations), "rotations": rotations}
+    return {"kept": sum(k > 1 - 1e-6 for k in keep), "interpolated": sum(k < 1e-6 for k in keep),
+            "blended": sum(1e-6 <= k <= 1 - 1e-6 for k in keep), "keep": keep, "rotations": rotations}
 
 
 # ---------------------------------------------------------------------------
@@ -298,8 +300,9 @@ def describe(groups, cfg):
     return (f"Val loss on {r['windows']} val windows of {r['window_tokens']} tokens"
             f"{' (overlapping: the split is short)' if r['windows_overlap'] else ''}, cut to each length; "
             f"every method set up for {max(cfg.multiple_list())}x; {pooling}. "
-            f"YaRN's ramp on the {len(yarn['rotations'])} RoPE frequencies: {yarn['kept']} kept (>= 32 rotations "
-            f"in {r['block_size']} tokens), {yarn['blended']} blended, {yarn['interpolated']} interpolated as in PI. "
+            f"YaRN's ramp on the {len(yarn['rotations'])} RoPE frequencies at a trained length of "
+            f"{r['block_size']}: {yarn['kept']} kept, {yarn['blended']} blended, {yarn['interpolated']} "
+            f"interpolated as in PI. "
             f"Sinks: F-Attn and Sink_1 (analyze.py) with full attention, and the loss at positions "
             f"{s['window']}-{s['length'] - 1} of texts of {s['length']} tokens read with a window of {s['window']} "
             f"tokens, with and without the first {s['sinks']} kept.")

@@ -112,6 +112,19 @@ MISTAKES = {  # exercise id -> (a wrong solution, words its diagnosis must conta
                 return (1 - gamma) * theta / scale + gamma * theta
             return theta
         """, "base * s^(D/(D-2))"),
+    "6.1 YaRN ramp over the turns": ("""
+        import math, torch
+        def scaled_frequencies(head_size, base, scale, method, trained_length):
+            if method == "ntk":
+                base = base * scale ** (head_size / (head_size - 2))
+            theta = base ** -(torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+            if method == "pi":
+                return theta / scale
+            if method == "yarn":
+                gamma = ((trained_length * theta / (2 * math.pi) - 1) / 31).clamp(0, 1)
+                return (1 - gamma) * theta / scale + gamma * theta
+            return theta
+        """, "the paper's gamma(r) read literally"),
     "5.1": ("""
         import torch
         def first_token_attention(probs_by_layer, eps=0.3):

@@ -30,13 +30,17 @@ def paper_theta(d, base=10000.0):
     return [base ** (-2 * i / d) for i in range(d // 2)]
 
 
-def paper_yarn(d, s, L, base=10000.0, alpha=1.0, beta=32.0):
-    """Peng et al. 2023: r_i = L theta_i / 2pi rotations in L; ramp from alpha to beta."""
+def reference_yarn(d, s, L, base=10000.0, beta_fast=32, beta_slow=1):
+    """YaRN as its authors' code (jquesnelle/yarn) and transformers compute it: the pairs that turn
+    beta_fast and beta_slow times within L, as indices rounded outwards, and a ramp linear in the index."""
+    def index(turns):
+        return d * math.log(L / (turns * 2 * math.pi)) / (2 * math.log(base))
+    low, high = max(math.floor(index(beta_fast)), 0), min(math.ceil(index(beta_slow)), d - 1)
+    high += 0.001 if low == high else 0
     out = []
-    for theta in paper_theta(d, base):
-        r = L * theta / (2 * math.pi)
-        gamma = min(1.0, max(0.0, (r - alpha) / (beta - alpha)))
-        out.append((1 - gamma) * theta / s + gamma * theta)
+    for j, theta in enumerate(paper_theta(d, base)):
+        keep = 1 - min(1.0, max(0.0, (j - low) / (high - low)))
+        out.append(theta / s * (1 - keep) + theta * keep)
     return out
 
 
@@ -54,15 +58,17 @@ def test_frequencies_match_the_papers(d, s, L):
     expected = {
         "pi": [t / s for t in theta],  # Chen et al.: positions m / s
         "ntk": paper_theta(d, 10000.0 * s ** (d / (d - 2))),  # bloc97: base * s^(d/(d-2))
-        "yarn": paper_yarn(d, s, L),
+        "yarn": reference_yarn(d, s, L),
     }
     for method, want in expected.items():
         got = rope_frequencies(config(d, s, L, method), length=int(s * L)).double()
         assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0), method
-    # Dynamic NTK: s = max(1, length / L); at 3L it is NTK with s = 3, within L plain RoPE.
-    dynamic = config(d, 1.0, L, "dynamic_ntk")
-    assert torch.allclose(rope_frequencies(dynamic, 3 * L).double(),
-                          torch.tensor(paper_theta(d, 10000.0 * 3 ** (d / (d - 2))), dtype=torch.float64), rtol=1e-5)
+    # Dynamic NTK (emozilla 2023, as transformers): past L, NTK with s' = s n / L - (s - 1); within L plain RoPE.
+    dynamic = config(d, s, L, "dynamic_ntk")
+    for n in (3 * L, int(s * L) + 5):
+        want = paper_theta(d, 10000.0 * (s * n / L - (s - 1)) ** (d / (d - 2)))
+        assert torch.allclose(rope_frequencies(dynamic, n).double(), torch.tensor(want, dtype=torch.float64),
+                              rtol=1e-5, atol=0)
     assert torch.allclose(rope_frequencies(dynamic, L).double(), torch.tensor(theta, dtype=torch.float64), rtol=1e-6)
     # YaRN's temperature: sqrt(1/t) = 0.1 ln s + 1 on q and k each.
     assert rope_attention_scale(config(d, s, L, "yarn")) == pytest.approx(0.1 * math.log(s) + 1, rel=1e-12)
@@ -73,13 +79,26 @@ def test_yarn_keeps_fast_dimensions_and_interpolates_slow_ones():
     d, s, L = 64, 4.0, 4096
     theta = paper_theta(d)
     got = rope_frequencies(config(d, s, L, "yarn"), L).double().tolist()
-    rotations = [L * t / (2 * math.pi) for t in theta]
-    assert any(r >= 32 for r in rotations) and any(r <= 1 for r in rotations)
-    for r, t, g in zip(rotations, theta, got):
-        if r >= 32:
+    # Pairs 0 .. 10 turn >= 32 times in 4096 tokens, pairs 23 .. 31 less than once; 11 .. 22 are blended.
+    for j, (t, g) in enumerate(zip(theta, got)):
+        if j <= 10:
             assert g == pytest.approx(t, rel=1e-6)
-        if r <= 1:
+        elif j >= 23:
             assert g == pytest.approx(t / s, rel=1e-6)
+        else:
+            assert t / s < g < t
+
+
+def test_yarn_at_a_short_trained_length_ramps_over_pair_indices():
+    """L = 64, d = 32, s = 8: the correction range is pairs 0 .. 5 (pair 0 turns only 10 times, but the
+    range is clamped at 0), so the five fastest pairs keep 1, 0.8, 0.6, 0.4, 0.2 of their frequency and
+    the others are interpolated as in PI (the paper's gamma(r) read literally would keep 0.30 .. 0.00)."""
+    d, s, L = 32, 8.0, 64
+    theta = paper_theta(d)
+    got = rope_frequencies(config(d, s, L, "yarn"), L).double().tolist()
+    for j, (t, g) in enumerate(zip(theta, got)):
+        keep = max(0.0, 1 - j / 5)
+        assert g == pytest.approx(t / s * (1 - keep) + t * keep, rel=1e-6), j
 
 
 @pytest.mark.parametrize("method", ROPE_SCALINGS)

@@ -9,11 +9,16 @@ longer texts without retraining, the frequencies are changed:
   frequency divided by s (the same as positions m -> m / s);
 - "ntk", NTK-aware scaling (bloc97 2023): the base becomes base * s^(D / (D - 2)),
   positions unchanged: the fastest pair keeps its frequency, the slowest is divided by s;
-- "yarn" (Peng et al. 2023, arXiv 2309.00071, "NTK-by-parts"): per pair, the number
-  of rotations within the trained length, r_i = L * theta_i / (2 pi), sets a ramp
-  gamma_i = clamp((r_i - alpha) / (beta - alpha), 0, 1) with alpha = 1, beta = 32;
-  the new frequency is (1 - gamma_i) * theta_i / s + gamma_i * theta_i: slow pairs
-  are interpolated, fast pairs kept.
+- "yarn" (Peng et al. 2023, arXiv 2309.00071, "NTK-by-parts"), as the authors' code
+  (and transformers, vLLM, llama.cpp) computes it: pairs that turn at least 32 times
+  within the trained length keep their frequency, pairs that turn at most once are
+  interpolated (theta_i / s), and the ones in between are blended. The pair that
+  turns n times within L is i(n) = D * ln(L / (2 pi n)) / (2 ln base) (solve
+  L * theta_i / (2 pi) = n for i). With low = max(floor(i(32)), 0) and
+  high = min(ceil(i(1)), D - 1) (if they are equal, add 0.001 to high), the share
+  of its own frequency pair i keeps is keep_i = 1 - clamp((i - low) / (high - low), 0, 1),
+  linear in the pair index i, and the new frequency is
+  theta_i / s * (1 - keep_i) + theta_i * keep_i.
 
 Write `scaled_frequencies`. The checker compares it with the formulas for several
 (D, s, L), checks that every rule is plain RoPE at s = 1, and compares it with
