@@ -82,7 +82,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.config, self.layer_index = config, layer_index
         self.n_head, self.head_size = config.n_head, config.head_size
-        gate_width = math.prod(config.gate_shape)
+        gate_width = math.prod(config.gate_shape) if config.gate != "none" else 0
         # An input-dependent gate is computed in the same matmul as q, k and v, as the
         # paper's released code does: one wider Linear instead of two.
         self.gate_columns = gate_width if config.gate_input == "dependent" else 0
