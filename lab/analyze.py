@@ -78,7 +78,7 @@ def analyze_checkpoint(path, split="val", num_sequences=64, seq_len=64, eps=0.3,
     stats = metrics.Stats(layer, **kinds)
     loss = metrics.observe(model, batches, stats)
     return {f"{split}_loss": loss, "params": model.num_params(), "step": info["step"], "config": config,
-            **stats.summary(eps), **metrics.functional_tests(model, batches)}
+            **stats.summary(eps), **metrics.functional_tests(model, batches, runtime)}
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""Measurements from the tensors a model shows its observer: attention sinks, massive
+"""Measurements from the tensors a model shows an observer: attention sinks, massive
 activations, gate statistics, loss and gradient spikes, and what happens when a sink or a
-gate is taken away. train.py logs them at every evaluation; analyze.py reports them for
-checkpoints. This module imports neither.
+gate is taken away. train.py logs them at every evaluation (through its on_eval hook,
+eval_hook below); analyze.py reports them for checkpoints.
+
+The model itself has no observer: `instrumented` (below) hands one the tensors inside
+attention by replacing two methods of each attention layer and hooking two modules.
 
 - F-Attn (Qiu et al. 2025): attention probability on token 0, averaged over
   queries, then heads, then layers.
@@ -29,15 +32,106 @@ checkpoints. This module imports neither.
 Fractions are in [0, 1]; Sink_1 and spike scores are percentages.
 """
 
+import contextlib
 import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from model import ablated
+import train
+from model import scaled_dot_product_attention
 
 GATE_BINS = 50  # gate-score histogram on [0, 1]
 QUERY_CLASSES = ("dormant", "active")  # index 0 and 1 in Stats.query_class; BOS queries are -1
+
+
+# ---------------------------------------------------------------------------
+# Looking inside a model: observe its tensors, mask key 0, open its gates
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def instrumented(model, observe=None, mask_first_key=False, open_gates=False):
+    """While inside, `model` (a model.GPT) runs with its attention layers instrumented:
+
+    - observe(layer, name, tensor) receives, layer by layer: "gate" (the gate scores,
+      before open_gates), "values" (v after a G2 gate, (B, T, H, D)), "attn_logits" and
+      "attn_probs" ((B, H, Tq, Tk): attention runs explicitly instead of through SDPA, in the
+      same maths), "attn_output" (the gated heads' output, (B, T, C), the input of c_proj)
+      and "hidden" (the block's output, (B, T, C)). Nothing is kept: the observer reduces
+      each tensor as it passes, so analysis never holds every layer at once.
+    - mask_first_key: every query but token 0 itself (it has no other key) loses key 0, the
+      attention sink of BOS-aligned sequences; softmax renormalises over the other keys.
+    - open_gates: every gate score is 1, as if there were no gate (multiplicative gates only).
+
+    It replaces each attention's `gate_scores` and `attend` on the instance and hooks
+    c_proj (attn_output) and the block (hidden); all of it is undone on leaving, also
+    after an exception.
+    """
+    if open_gates and model.config.gate_mode != "multiplicative":
+        raise ValueError("open_gates needs a multiplicative gate: an additive gate has no 'open' score")
+    methods = ("gate_scores", "attend")
+    replaced, hooks = [], []
+    try:
+        for layer, block in enumerate(model.transformer.h):
+            attn = block.attn
+            replaced.append((attn, {name: vars(attn)[name] for name in methods if name in vars(attn)}))
+            if observe is not None or open_gates:
+                attn.gate_scores = _scores_seen(attn.gate_scores, layer, observe, open_gates)
+            if observe is not None or mask_first_key:
+                attn.attend = _explicit_attend(attn, layer, observe, mask_first_key)
+            if observe is not None:
+                hooks.append(attn.c_proj.register_forward_pre_hook(
+                    lambda module, args, layer=layer: observe(layer, "attn_output", args[0])))
+                hooks.append(block.register_forward_hook(
+                    lambda module, args, output, layer=layer: observe(layer, "hidden", output)))
+        yield model
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for attn, before in replaced:
+            for name in methods:
+                vars(attn).pop(name, None)
+            vars(attn).update(before)
+
+
+def _scores_seen(gate_scores, layer, observe, open_gates):
+    """An attention's gate_scores, shown to `observe`, then forced to 1 with open_gates."""
+    def scores_seen(logits):
+        scores = gate_scores(logits)
+        if observe is not None:
+            observe(layer, "gate", scores)
+        return torch.ones_like(scores) if open_gates else scores
+    return scores_seen
+
+
+def _explicit_attend(attn, layer, observe, mask_first_key):
+    """An attention's attend (q, k, v: (B, H, T, D)) that hands `observe` the values and the
+    attention logits and probabilities, and/or masks key 0. Without an observer it stays on
+    SDPA, with the mask."""
+    def attend(q, k, v, offset):
+        Tq, Tk = q.size(2), k.size(2)
+        if observe is not None:  # the new tokens' values (with a KV cache, the last Tq)
+            observe(layer, "values", v[:, :, Tk - Tq:].transpose(1, 2))
+        dropout = attn.config.dropout if attn.training else 0.0
+        mask = None
+        if offset > 0 and Tq > 1:  # queries part-way through a cached sequence
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=offset)
+        if mask_first_key:  # every query but token 0 itself (it has no other key) loses key 0
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+            mask[max(0, 1 - offset):, 0] = False
+        if observe is None:
+            return scaled_dot_product_attention(q, k, v, mask, dropout, causal=mask is None and Tq > 1)
+        if mask is None:
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+        logits = logits.masked_fill(~mask, float("-inf"))
+        observe(layer, "attn_logits", logits)
+        probs = F.softmax(logits, dim=-1)  # autocast runs softmax in float32
+        observe(layer, "attn_probs", probs)
+        return F.dropout(probs, dropout, attn.training) @ v
+    return attend
 
 
 # ---------------------------------------------------------------------------
@@ -82,7 +176,7 @@ def _add(acc, key, value):
 
 
 class Stats:
-    """An observer for `model(idx, observe=stats)` that reduces each tensor as it passes.
+    """An observer for `instrumented(model, observe=stats)` that reduces each tensor as it passes.
 
     Sums, counts and maxima are kept per layer (and head), so memory does not
     grow with the number of batches; only the attention map of `map_layer` is
@@ -202,7 +296,7 @@ class Stats:
     def summary(self, eps=0.3):
         """The metrics as plain data: scalars over the model, and "per_layer" lists (per head inside)."""
         if not self.layers:
-            raise ValueError("nothing was observed: run the model with observe=stats first")
+            raise ValueError("nothing was observed: run the model inside instrumented(model, observe=stats) first")
         accs = [self.layers[layer] for layer in sorted(self.layers)]
         summary, per_layer = {}, {}
         for scalars, lists in (_attention_summary(accs, eps), _logit_summary(accs), _activation_summary(accs),
@@ -310,17 +404,18 @@ def observe(model, batches, stats):
     """Run `model` in eval mode over (x, y) batches (y may be None) with `stats`
     watching every layer; returns the mean loss, or None without targets.
 
-    The observer makes the model take its explicit attention path, which has
-    no randomness in eval mode: no random state is touched.
+    Observed attention runs explicitly, which has no randomness in eval mode:
+    no random state is touched.
     """
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for x, y in batches:
-        stats.tokens(x)
-        _, loss = model(x, y, observe=stats)
-        if loss is not None:
-            total, count = total + loss.item() * len(x), count + len(x)
+    with instrumented(model, observe=stats):
+        for x, y in batches:
+            stats.tokens(x)
+            _, loss = model(x, y)
+            if loss is not None:
+                total, count = total + loss.item() * len(x), count + len(x)
     model.train(was_training)
     return total / count if count else None
 
@@ -387,26 +482,18 @@ def _pair(record, key, layer):
 # ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def mean_loss(model, batches, **switches):
-    """The mean loss over (x, y) batches in eval mode, with `model.ablated` switches on."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with ablated(model, **switches):
-        for x, y in batches:
-            _, loss = model(x, y)
-            total, count = total + loss.item() * len(x), count + len(x)
-    model.train(was_training)
-    return total / count
-
-
-def functional_tests(model, batches):
-    """Loss changes when key 0 is masked and, for gated models, when every gate is forced open."""
+def functional_tests(model, batches, runtime=None):
+    """Loss changes when key 0 is masked and, for gated models, when every gate is forced open,
+    each loss from train.mean_loss over the (x, y) batches (`runtime`: float32 on the model's
+    device unless given)."""
     batches = list(batches)
-    base = mean_loss(model, batches)
+    runtime = runtime or train.Runtime(next(model.parameters()).device, torch.float32)
+
+    def loss(**switches):
+        with instrumented(model, **switches):
+            return train.mean_loss(model, batches, runtime)
+
+    base = loss()
     gated = model.config.gate != "none" and model.config.gate_mode == "multiplicative"
-    return {"loss_first_key_masked_change": mean_loss(model, batches, mask_first_key=True) - base,
-            "loss_gates_open_change": mean_loss(model, batches, open_gates=True) - base if gated else None}
-
-
+    return {"loss_first_key_masked_change": loss(mask_first_key=True) - base,
+            "loss_gates_open_change": loss(open_gates=True) - base if gated else None}

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+import train
 from lab import metrics
-from model import GPT, GPTConfig, ablated
+from lab.metrics import instrumented
+from model import GPT, GPTConfig
 
 
 def tiny_gpt(**kw):
@@ -270,18 +272,33 @@ def test_masking_key_0_renormalises_attention_over_the_other_keys():
     model = tiny_gpt()
     x = batch()[0][0]
     seen = {}
-    with torch.no_grad(), ablated(model, mask_first_key=True):
-        model(x, observe=lambda layer, name, t: seen.setdefault((layer, name), t) if name == "attn_probs" else None)
-        fast, _ = model(x)  # the flash-attention path, with the same mask
+
+    def observe(layer, name, t):
+        if name == "attn_probs":
+            seen.setdefault((layer, name), t)
+
+    with torch.no_grad():
+        with instrumented(model, observe=observe, mask_first_key=True):
+            model(x)
+        with instrumented(model, mask_first_key=True):
+            fast, _ = model(x)  # the flash-attention path, with the same mask
     probs = seen[(0, "attn_probs")]
     assert (probs[:, :, 0, 0] == 1).all()  # token 0 has only itself
     assert (probs[:, :, 1:, 0] == 0).all() and torch.allclose(probs.sum(-1), torch.ones(3, 2, 16))
     with torch.no_grad():
         slow, _ = model(x)
-        with ablated(model, mask_first_key=True):
-            explicit, _ = model(x, observe=lambda *a: None)
+        with instrumented(model, mask_first_key=True, observe=lambda *a: None):
+            explicit, _ = model(x)
     assert torch.allclose(fast, explicit, atol=1e-5) and not torch.allclose(fast, slow, atol=1e-3)
-    assert not any(block.attn.mask_first_key for block in model.transformer.h)  # switched off on leaving
+    # Switched off on leaving, also after an exception: no method replaced, no hook left.
+    with pytest.raises(RuntimeError, match="inside"):
+        with instrumented(model, observe=lambda *a: None, mask_first_key=True, open_gates=True):
+            raise RuntimeError("inside")
+    for block in model.transformer.h:
+        assert "attend" not in vars(block.attn) and "gate_scores" not in vars(block.attn)
+        assert not block._forward_hooks and not block.attn.c_proj._forward_pre_hooks
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], slow)
 
 
 def test_a_model_whose_attention_adds_nothing_does_not_depend_on_key_0():
@@ -300,13 +317,15 @@ def test_a_gated_model_with_its_gates_forced_open_is_the_plain_model_with_its_we
         state[key] = state[key][:3 * 16]  # drop the gate's columns
     plain.load_state_dict(state)
     batches = batch(1)
-    open_loss = metrics.mean_loss(gated, batches, open_gates=True)
-    assert open_loss == pytest.approx(metrics.mean_loss(plain, batches), abs=1e-6)
+    runtime = train.Runtime(torch.device("cpu"), torch.float32)
+    with instrumented(gated, open_gates=True):
+        open_loss = train.mean_loss(gated, batches, runtime)
+    assert open_loss == pytest.approx(train.mean_loss(plain, batches, runtime), abs=1e-6)
     changes = metrics.functional_tests(gated, batches)
-    assert changes["loss_gates_open_change"] == pytest.approx(open_loss - metrics.mean_loss(gated, batches))
+    assert changes["loss_gates_open_change"] == pytest.approx(open_loss - train.mean_loss(gated, batches, runtime))
     assert changes["loss_gates_open_change"] != 0.0
     additive = tiny_gpt(gate="elementwise", gate_mode="additive", gate_activation="silu")
     assert metrics.functional_tests(additive, batches)["loss_gates_open_change"] is None
     with pytest.raises(ValueError, match="open_gates needs a multiplicative gate"):
-        with ablated(additive, open_gates=True):
+        with instrumented(additive, open_gates=True):
             pass

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from configurable import ConfigError
 from model import GPT, GPTConfig, KVCache, filter_logits
+from lab.metrics import instrumented  # the tests may reach into the lab
 
 VOCAB = 37
 
@@ -52,11 +53,13 @@ def test_shapes_causality_and_explicit_path(kw):
     changed = idx.clone()
     changed[:, 9:] = (changed[:, 9:] + 1) % VOCAB
     for observe in (None, lambda *a: None):  # SDPA path and explicit path
-        a, _ = model(idx, observe=observe)
-        b, _ = model(changed, observe=observe)
+        with instrumented(model, observe=observe):
+            a, _ = model(idx)
+            b, _ = model(changed)
         assert torch.allclose(a[:, :9], b[:, :9], atol=1e-12), "a future token changed past logits"
         assert not torch.allclose(a[:, 9:], b[:, 9:])
-    explicit, _ = model(idx, observe=lambda *a: None)
+    with instrumented(model, observe=lambda *a: None):
+        explicit, _ = model(idx)
     assert torch.allclose(logits, explicit, atol=1e-10)
 
 
@@ -179,7 +182,8 @@ def test_num_params_without_embeddings():
 def test_gate_starts_near_half_and_observer_sees_everything():
     model = make(gate="elementwise")
     seen = {}
-    model(torch.randint(0, VOCAB, (2, 16)), observe=lambda layer, name, t: seen.setdefault((layer, name), t))
+    with instrumented(model, observe=lambda layer, name, t: seen.setdefault((layer, name), t)):
+        model(torch.randint(0, VOCAB, (2, 16)))
     assert {name for _, name in seen} == {"gate", "values", "attn_logits", "attn_probs", "attn_output", "hidden"}
     assert seen[(0, "gate")].shape == (2, 16, 2, 8) and seen[(0, "values")].shape == (2, 16, 2, 8)
     assert 0.4 < seen[(0, "gate")].mean().item() < 0.6

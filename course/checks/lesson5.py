@@ -20,8 +20,8 @@ def _observed(name, seed=0):
         if what == name:
             seen.append(tensor.detach().clone())
 
-    with torch.no_grad():
-        gpt(idx, observe=observer)
+    with torch.no_grad(), metrics.instrumented(gpt, observe=observer):
+        gpt(idx)
     return seen, stats.summary()
 
 
