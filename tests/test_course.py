@@ -1,7 +1,12 @@
 """The course's exercises: every reference solution passes its checks, every stub fails
 them with a plain message (not a crash), and typical mistakes get their own diagnosis."""
 
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 
 import pytest
 
@@ -179,3 +184,116 @@ def test_the_backcopy_check_compares_with_the_dataset_generator():
     lesson4._compare_with_repository(draw(chain), chain)  # the same chain: no complaint
     with pytest.raises(Wrong, match="prepare_data.backcopy_sequences"):
         lesson4._compare_with_repository(draw(other), chain)
+
+
+# The time limit: a loop that never ends becomes one line, within the limit (2 s here; 20 s by default).
+
+
+def _write(tmp_path, exercise_id, code):
+    exercise = next(ex for ex in EXERCISES if ex.id == exercise_id)
+    (tmp_path / exercise.file).write_text(textwrap.dedent(code))
+    return exercise
+
+
+def test_a_function_that_never_returns_is_stopped(tmp_path):
+    exercise = _write(tmp_path, "3.2", """
+        def lr_sensitivity(final_losses, init_loss):
+            total = 0
+            while total >= 0:
+                total += 1
+            return total
+        """)
+    start = time.monotonic()
+    passed, message = check.run(exercise, tmp_path, time_limit=2)
+    assert not passed
+    assert message.startswith("your function did not return within 2 s: look for a loop that never ends"), message
+    assert "line 4: while total >= 0:" in message and "\n" not in message
+    assert time.monotonic() - start < 10
+
+
+def test_a_loop_at_import_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CHECK_TIME_LIMIT", "2")
+    exercise = _write(tmp_path, "1.2", """
+        import torch
+        while True:
+            pass
+        def top_p_filter(logits, top_p):
+            return logits
+        """)
+    passed, message = check.run(exercise, tmp_path)
+    assert not passed
+    assert message.startswith("importing your file did not finish within 2 s: look for a loop that never ends"), message
+    assert "line 3: while True:" in message
+
+
+def test_a_loop_that_swallows_the_alarm_is_killed(tmp_path):
+    exercise = _write(tmp_path, "3.2", """
+        def lr_sensitivity(final_losses, init_loss):
+            while True:
+                try:
+                    sum(range(1000))
+                except BaseException:
+                    pass
+        """)
+    start = time.monotonic()
+    passed, message = check.run(exercise, tmp_path, time_limit=1)
+    assert not passed
+    assert message == "your function did not return within 1 s: look for a loop that never ends"
+    assert time.monotonic() - start < 10
+
+
+def test_a_function_that_ends_the_process_is_reported(tmp_path):
+    exercise = _write(tmp_path, "3.2", """
+        import os, sys
+        def lr_sensitivity(final_losses, init_loss):
+            if init_loss > 0:
+                os._exit(3)
+            sys.exit("done")
+        """)
+    passed, message = check.run(exercise, tmp_path, time_limit=5)
+    assert not passed and message.startswith("the check ended without a result (exit code 3)"), message
+
+
+def test_the_time_limit_on_the_command_line(monkeypatch):
+    with pytest.raises(SystemExit, match="--time_limit='0' is not a time limit"):
+        check.main(["2.2", "--time_limit=0"])
+    monkeypatch.setenv("COURSE_CHECK_TIME_LIMIT", "soon")
+    with pytest.raises(SystemExit, match="COURSE_CHECK_TIME_LIMIT='soon' is not a time limit"):
+        check.main(["2.2"])
+    assert check.main(["2.2", "--solutions", "--time_limit=30"]) == 0
+
+
+def test_ctrl_c_ends_the_checker_without_a_traceback(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group) while a student's function loops: one line, no
+    traceback from the checker or from the child, and the child is gone."""
+    marker = tmp_path / "looping"
+    _write(tmp_path, "3.2", f"""
+        import os
+        def lr_sensitivity(final_losses, init_loss):
+            open({str(marker)!r}, "w").write(str(os.getpid()))
+            while True:
+                pass
+        """)
+    script = ("import sys; from pathlib import Path; from course import check; "
+              f"check.EXERCISE_DIR = Path({str(tmp_path)!r}); sys.argv = ['check', '3.2']; "
+              "sys.exit(check._command_line())")
+    root = check.COURSE.parent
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env={**os.environ, "COURSE_CHECK_TIME_LIMIT": "60", "PYTHONPATH": str(root)},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(marker.read_text())
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert out.strip() == "interrupted: no more exercises checked", out
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
