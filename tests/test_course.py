@@ -72,6 +72,67 @@ MISTAKES = {  # exercise id -> (a wrong solution, words its diagnosis must conta
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
             return y.reshape(B, T, C) @ w_proj.T
         """, "gated the values before attention"),
+    "2.1 sqrt(C)": ("""
+        import math, torch
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(C)
+            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+            y = (att @ v).transpose(1, 2)
+            return (y * torch.sigmoid(g).view(B, T, n_head, -1)).reshape(B, T, C) @ w_proj.T
+        """, "you divided Q K^T by sqrt(C), the model width; divide by sqrt(D)"),
+    "2.1 gated queries": ("""
+        import math, torch
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            D = C // n_head
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, D).transpose(1, 2) for t in (q, k, v))
+            s = torch.sigmoid(g).view(B, T, n_head, -1).transpose(1, 2)
+            att = (q * s) @ k.transpose(-2, -1) / math.sqrt(D)
+            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+            return (att @ v).transpose(1, 2).reshape(B, T, C) @ w_proj.T
+        """, "(elementwise gate) you gated the attention logits"),
+    "2.1 gated logits": ("""
+        import math, torch, torch.nn.functional as F
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            D = C // n_head
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, D).transpose(1, 2) for t in (q, k, v))
+            if gate == "elementwise":
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+                return (y * torch.sigmoid(g).view(B, T, n_head, D)).reshape(B, T, C) @ w_proj.T
+            att = q @ k.transpose(-2, -1) / math.sqrt(D)
+            att = att * torch.sigmoid(g).transpose(1, 2).unsqueeze(-1)  # each query's logits, per head
+            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+            return (att @ v).transpose(1, 2).reshape(B, T, C) @ w_proj.T
+        """, "(headwise gate) you gated the attention logits (the scores Q K^T, or the queries) before the softmax"),
+    "2.1 headwise repeat": ("""
+        import torch, torch.nn.functional as F
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+            scores = torch.sigmoid(g)
+            if gate == "headwise":
+                scores = scores.repeat(1, 1, C // n_head)
+            return (y * scores) @ w_proj.T
+        """, "(headwise gate) the heads get the wrong scores"),
+    "2.1 headwise view": ("""
+        import torch, torch.nn.functional as F
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+            s = torch.sigmoid(g)
+            s = s.view(B, T, n_head, -1) if gate == "elementwise" else s.view(B, T, 1, n_head)
+            return (y * s).reshape(B, T, C) @ w_proj.T
+        """, "(headwise gate) the heads get the wrong scores"),
     "2.2": ("""
         def gate_parameters(config):
             return 0 if config.gate == "none" else config.n_embd * config.n_embd
@@ -139,6 +200,7 @@ def test_a_typical_mistake_is_diagnosed(name, tmp_path):
     passed, message = check.run(exercise, tmp_path)
     assert not passed
     assert words in message, message
+    assert not message.startswith("your code raised"), message  # a diagnosis, not the bare exception
 
 
 def test_a_crash_in_student_code_names_the_line_not_a_traceback(tmp_path):
