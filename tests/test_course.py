@@ -159,6 +159,30 @@ MISTAKES = {  # exercise id -> (a wrong solution, words its diagnosis must conta
                 seq.append(torch.multinomial(transitions[seq[-1]], 1, generator=generator).item())
             return seq
         """, "the token before the trigger"),
+    "4.1 trigger at position 1": ("""
+        import torch
+        def backcopy_sequence(transitions, triggers, bos, length, generator):
+            seq = [bos, torch.randint(transitions.size(0), (1,), generator=generator).item()]
+            while len(seq) < length:
+                if seq[-1] in triggers:
+                    seq.append(seq[-2])
+                else:
+                    seq.append(torch.multinomial(transitions[seq[-1]], 1, generator=generator).item())
+            return seq
+        """, "position 1 is a trigger"),
+    "4.1 trigger at position 1, BOS guarded": ("""
+        import torch
+        def backcopy_sequence(transitions, triggers, bos, length, generator):
+            seq = [bos, torch.randint(transitions.size(0), (1,), generator=generator).item()]
+            while len(seq) < length:
+                if seq[-1] in triggers:
+                    seq.append(seq[-2])
+                elif seq[-1] == bos:
+                    seq.append(1)
+                else:
+                    seq.append(torch.multinomial(transitions[seq[-1]], 1, generator=generator).item())
+            return seq
+        """, "position 1 is a trigger"),
     "6.1": ("""
         import torch
         def scaled_frequencies(head_size, base, scale, method, trained_length):
