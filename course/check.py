@@ -29,6 +29,7 @@ EXERCISE_DIR = COURSE / "exercises"
 SOLUTION_DIR = COURSE / "solutions"
 DEFAULT_TIME_LIMIT = 20.0  # seconds per exercise; the reference solutions need well under one
 GRACE = 5.0  # at most this many seconds past the limit before a child that ignores the alarm is killed
+STARTUP = 120.0  # seconds a child may take to start (with spawn it imports torch and the checks first)
 
 
 def all_exercises():
@@ -147,11 +148,14 @@ def check_here(exercise, folder, limit=None):
 
 
 def _child(exercise, folder, limit, send):
-    """The check in a child process: its result, one (passed, message) pair, goes back through `send`."""
+    """The check in a child process: "ready" once it has started, then one (passed, message) pair,
+    go back through `send`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         import torch
         torch.set_num_threads(1)  # the checks are tiny: one thread is faster, and safe after a fork
+        import course.checks  # noqa: F401 - imported before the clock starts
+        send.send("ready")
         result = check_here(exercise, folder, limit)
     except BaseException as e:  # noqa: BLE001 - whatever happens here becomes one line for the parent
         result = (False, f"the checker stopped: {type(e).__name__}: {e}")
@@ -163,8 +167,9 @@ def _child(exercise, folder, limit, send):
 
 
 def _context():
-    """fork where there is one (fast: torch and the checks are already imported), else spawn."""
-    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    """fork on Linux (fast: torch and the checks are already imported); spawn elsewhere, where fork is
+    unsafe (macOS) or missing (Windows): each child then imports torch first, before its clock starts."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def run(exercise, folder=EXERCISE_DIR, time_limit=None):
@@ -185,13 +190,16 @@ def run(exercise, folder=EXERCISE_DIR, time_limit=None):
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
     send.close()
-    result = None
+    result, started, ended = None, False, False
     try:
-        answered = receive.poll(limit + min(GRACE, limit))  # also True when the child ended without an answer
-        if answered:
-            result = receive.recv()
+        if receive.poll(STARTUP):  # True at EOF too, when the child ended without a word
+            first = receive.recv()
+            started = first == "ready"
+            result = None if started else first  # the child failed before it was ready
+        if started and receive.poll(limit + min(GRACE, limit)):  # the clock ran from "ready": the import
+            result = receive.recv()                                # of the student's file counts
     except EOFError:
-        pass
+        ended = True
     finally:
         if child.is_alive():
             child.kill()
@@ -199,10 +207,12 @@ def run(exercise, folder=EXERCISE_DIR, time_limit=None):
         receive.close()
     if result is not None:
         return result
-    if not answered:  # the child ignored the alarm (a loop inside C code, or `except:` around the loop)
-        return False, _too_slow(limit, False, "")
-    return False, (f"the check ended without a result (exit code {child.exitcode}): your code, or something "
-                   "it called, stopped the process")
+    if ended:
+        return False, (f"the check ended without a result (exit code {child.exitcode}): your code, or something "
+                       "it called, stopped the process")
+    if not started:
+        return False, f"the checker's process did not start within {STARTUP:g} s: is the machine very busy?"
+    return False, _too_slow(limit, False, "")  # the child ignored the alarm (a loop in C code, or `except:`)
 
 
 def main(argv=None):
