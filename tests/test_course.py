@@ -1,7 +1,12 @@
 """The course's exercises: every reference solution passes its checks, every stub fails
 them with a plain message (not a crash), and typical mistakes get their own diagnosis."""
 
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 
 import pytest
 
@@ -67,6 +72,67 @@ MISTAKES = {  # exercise id -> (a wrong solution, words its diagnosis must conta
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
             return y.reshape(B, T, C) @ w_proj.T
         """, "gated the values before attention"),
+    "2.1 sqrt(C)": ("""
+        import math, torch
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(C)
+            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+            y = (att @ v).transpose(1, 2)
+            return (y * torch.sigmoid(g).view(B, T, n_head, -1)).reshape(B, T, C) @ w_proj.T
+        """, "you divided Q K^T by sqrt(C), the model width; divide by sqrt(D)"),
+    "2.1 gated queries": ("""
+        import math, torch
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            D = C // n_head
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, D).transpose(1, 2) for t in (q, k, v))
+            s = torch.sigmoid(g).view(B, T, n_head, -1).transpose(1, 2)
+            att = (q * s) @ k.transpose(-2, -1) / math.sqrt(D)
+            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+            return (att @ v).transpose(1, 2).reshape(B, T, C) @ w_proj.T
+        """, "(elementwise gate) you gated the attention logits"),
+    "2.1 gated logits": ("""
+        import math, torch, torch.nn.functional as F
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            D = C // n_head
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, D).transpose(1, 2) for t in (q, k, v))
+            if gate == "elementwise":
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+                return (y * torch.sigmoid(g).view(B, T, n_head, D)).reshape(B, T, C) @ w_proj.T
+            att = q @ k.transpose(-2, -1) / math.sqrt(D)
+            att = att * torch.sigmoid(g).transpose(1, 2).unsqueeze(-1)  # each query's logits, per head
+            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+            return (att @ v).transpose(1, 2).reshape(B, T, C) @ w_proj.T
+        """, "(headwise gate) you gated the attention logits (the scores Q K^T, or the queries) before the softmax"),
+    "2.1 headwise repeat": ("""
+        import torch, torch.nn.functional as F
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+            scores = torch.sigmoid(g)
+            if gate == "headwise":
+                scores = scores.repeat(1, 1, C // n_head)
+            return (y * scores) @ w_proj.T
+        """, "(headwise gate) the heads get the wrong scores"),
+    "2.1 headwise view": ("""
+        import torch, torch.nn.functional as F
+        def gated_attention(x, w_attn, w_proj, n_head, gate):
+            B, T, C = x.shape
+            q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
+            q, k, v = (t.view(B, T, n_head, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+            s = torch.sigmoid(g)
+            s = s.view(B, T, n_head, -1) if gate == "elementwise" else s.view(B, T, 1, n_head)
+            return (y * s).reshape(B, T, C) @ w_proj.T
+        """, "(headwise gate) the heads get the wrong scores"),
     "2.2": ("""
         def gate_parameters(config):
             return 0 if config.gate == "none" else config.n_embd * config.n_embd
@@ -93,6 +159,30 @@ MISTAKES = {  # exercise id -> (a wrong solution, words its diagnosis must conta
                 seq.append(torch.multinomial(transitions[seq[-1]], 1, generator=generator).item())
             return seq
         """, "the token before the trigger"),
+    "4.1 trigger at position 1": ("""
+        import torch
+        def backcopy_sequence(transitions, triggers, bos, length, generator):
+            seq = [bos, torch.randint(transitions.size(0), (1,), generator=generator).item()]
+            while len(seq) < length:
+                if seq[-1] in triggers:
+                    seq.append(seq[-2])
+                else:
+                    seq.append(torch.multinomial(transitions[seq[-1]], 1, generator=generator).item())
+            return seq
+        """, "position 1 is a trigger"),
+    "4.1 trigger at position 1, BOS guarded": ("""
+        import torch
+        def backcopy_sequence(transitions, triggers, bos, length, generator):
+            seq = [bos, torch.randint(transitions.size(0), (1,), generator=generator).item()]
+            while len(seq) < length:
+                if seq[-1] in triggers:
+                    seq.append(seq[-2])
+                elif seq[-1] == bos:
+                    seq.append(1)
+                else:
+                    seq.append(torch.multinomial(transitions[seq[-1]], 1, generator=generator).item())
+            return seq
+        """, "position 1 is a trigger"),
     "6.1": ("""
         import torch
         def scaled_frequencies(head_size, base, scale, method, trained_length):
@@ -147,6 +237,7 @@ def test_a_typical_mistake_is_diagnosed(name, tmp_path):
     passed, message = check.run(exercise, tmp_path)
     assert not passed
     assert words in message, message
+    assert not message.startswith("your code raised"), message  # a diagnosis, not the bare exception
 
 
 def test_a_crash_in_student_code_names_the_line_not_a_traceback(tmp_path):
@@ -192,3 +283,116 @@ def test_the_backcopy_check_compares_with_the_dataset_generator():
     lesson4._compare_with_repository(draw(chain), chain)  # the same chain: no complaint
     with pytest.raises(Wrong, match="prepare_data.backcopy_sequences"):
         lesson4._compare_with_repository(draw(other), chain)
+
+
+# The time limit: a loop that never ends becomes one line, within the limit (2 s here; 20 s by default).
+
+
+def _write(tmp_path, exercise_id, code):
+    exercise = next(ex for ex in EXERCISES if ex.id == exercise_id)
+    (tmp_path / exercise.file).write_text(textwrap.dedent(code))
+    return exercise
+
+
+def test_a_function_that_never_returns_is_stopped(tmp_path):
+    exercise = _write(tmp_path, "3.2", """
+        def lr_sensitivity(final_losses, init_loss):
+            total = 0
+            while total >= 0:
+                total += 1
+            return total
+        """)
+    start = time.monotonic()
+    passed, message = check.run(exercise, tmp_path, time_limit=2)
+    assert not passed
+    assert message.startswith("your function did not return within 2 s: look for a loop that never ends"), message
+    assert "line 4: while total >= 0:" in message and "\n" not in message
+    assert time.monotonic() - start < 10
+
+
+def test_a_loop_at_import_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CHECK_TIME_LIMIT", "2")
+    exercise = _write(tmp_path, "1.2", """
+        import torch
+        while True:
+            pass
+        def top_p_filter(logits, top_p):
+            return logits
+        """)
+    passed, message = check.run(exercise, tmp_path)
+    assert not passed
+    assert message.startswith("importing your file did not finish within 2 s: look for a loop that never ends"), message
+    assert "line 3: while True:" in message
+
+
+def test_a_loop_that_swallows_the_alarm_is_killed(tmp_path):
+    exercise = _write(tmp_path, "3.2", """
+        def lr_sensitivity(final_losses, init_loss):
+            while True:
+                try:
+                    sum(range(1000))
+                except BaseException:
+                    pass
+        """)
+    start = time.monotonic()
+    passed, message = check.run(exercise, tmp_path, time_limit=1)
+    assert not passed
+    assert message == "your function did not return within 1 s: look for a loop that never ends"
+    assert time.monotonic() - start < 10
+
+
+def test_a_function_that_ends_the_process_is_reported(tmp_path):
+    exercise = _write(tmp_path, "3.2", """
+        import os, sys
+        def lr_sensitivity(final_losses, init_loss):
+            if init_loss > 0:
+                os._exit(3)
+            sys.exit("done")
+        """)
+    passed, message = check.run(exercise, tmp_path, time_limit=5)
+    assert not passed and message.startswith("the check ended without a result (exit code 3)"), message
+
+
+def test_the_time_limit_on_the_command_line(monkeypatch):
+    with pytest.raises(SystemExit, match="--time_limit='0' is not a time limit"):
+        check.main(["2.2", "--time_limit=0"])
+    monkeypatch.setenv("COURSE_CHECK_TIME_LIMIT", "soon")
+    with pytest.raises(SystemExit, match="COURSE_CHECK_TIME_LIMIT='soon' is not a time limit"):
+        check.main(["2.2"])
+    assert check.main(["2.2", "--solutions", "--time_limit=30"]) == 0
+
+
+def test_ctrl_c_ends_the_checker_without_a_traceback(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group) while a student's function loops: one line, no
+    traceback from the checker or from the child, and the child is gone."""
+    marker = tmp_path / "looping"
+    _write(tmp_path, "3.2", f"""
+        import os
+        def lr_sensitivity(final_losses, init_loss):
+            open({str(marker)!r}, "w").write(str(os.getpid()))
+            while True:
+                pass
+        """)
+    script = ("import sys; from pathlib import Path; from course import check; "
+              f"check.EXERCISE_DIR = Path({str(tmp_path)!r}); sys.argv = ['check', '3.2']; "
+              "sys.exit(check._command_line())")
+    root = check.COURSE.parent
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env={**os.environ, "COURSE_CHECK_TIME_LIMIT": "60", "PYTHONPATH": str(root)},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(marker.read_text())
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert out.strip() == "interrupted: no more exercises checked", out
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

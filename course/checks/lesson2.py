@@ -14,18 +14,34 @@ from model import GPT, GPTConfig
 # ---------------------------------------------------------------------------
 
 
-def _attention(x, w_attn, w_proj, n_head, gate, position="sdpa", activation=torch.sigmoid, scale=True):
-    """Gated attention with the mistakes a student can make as options (for the diagnosis)."""
+def _attention(x, w_attn, w_proj, n_head, gate, position="sdpa", activation=torch.sigmoid, scale="D",
+               headwise="broadcast"):
+    """Gated attention with the mistakes a student can make as options (for the diagnosis).
+
+    position: where the gate acts: "sdpa" (G1, right), "value" (G2), "output" (G5), "logits" (on the
+        queries, which scales the attention logits before the softmax), None (no gate).
+    scale: what the logits are divided by the square root of: "D" (head size, right), "C" (model width), None.
+    headwise: how a headwise gate's H scores reach the C channels: "broadcast" (each head's D channels
+        share its score, right) or "tile" (the H scores repeated along the channels, so channel c gets
+        score c mod H: scores.repeat(1, 1, D) instead of repeat_interleave).
+    """
     B, T, C = x.shape
     D = C // n_head
     q, k, v, g = (x @ w_attn.T).split([C, C, C, w_attn.size(0) - 3 * C], dim=-1)
     scores = activation(g)
+    if gate == "headwise" and headwise == "tile":
+        per_head = scores.repeat(1, 1, D).view(B, T, n_head, D)
+    else:
+        per_head = scores.view(B, T, n_head, D if gate == "elementwise" else 1)
     if position == "value":
-        v = (v.view(B, T, n_head, D) * scores.view(B, T, n_head, -1)).reshape(B, T, C)
+        v = (v.view(B, T, n_head, D) * per_head).reshape(B, T, C)
+    if position == "logits":
+        q = (q.view(B, T, n_head, D) * per_head).reshape(B, T, C)
     q, k, v = (t.view(B, T, n_head, D).transpose(1, 2) for t in (q, k, v))
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=None if scale else 1.0).transpose(1, 2)
+    divide = {"D": None, "C": 1 / math.sqrt(C), None: 1.0}[scale]
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=divide).transpose(1, 2)
     if position == "sdpa":
-        y = y * scores.view(B, T, n_head, D if gate == "elementwise" else 1)
+        y = y * per_head
     out = y.reshape(B, T, C) @ w_proj.T
     return out * scores if position == "output" else out
 
@@ -37,9 +53,20 @@ MISTAKES = [  # (options of _attention, what the student did)
                              "output of SDPA, after the softmax has mixed the values"),
     (dict(position="output"), "you gated after the output projection (the paper's G5); G1 gates each "
                               "head's output before W_proj"),
+    (dict(position="logits"), "you gated the attention logits (the scores Q K^T, or the queries) before the "
+                              "softmax; G1 multiplies the output of attention, softmax(Q K^T / sqrt(D)) V, "
+                              "by sigmoid(G), after the softmax has mixed the values"),
     (dict(activation=lambda g: g), "the gate is applied without the sigmoid: the scores are sigmoid(G)"),
     (dict(activation=F.silu), "the gate uses SiLU; the paper's gate (and this exercise) uses sigmoid"),
-    (dict(scale=False), "attention logits are not scaled: divide Q K^T by sqrt(head size)"),
+    (dict(scale=None), "attention logits are not scaled: divide Q K^T by sqrt(head size)"),
+    (dict(scale="C"), "you divided Q K^T by sqrt(C), the model width; divide by sqrt(D), the head size "
+                      "D = C // n_head (each head's logits are dot products of D channels; "
+                      "scaled_dot_product_attention does this by default)"),
+    (dict(headwise="tile"), "the heads get the wrong scores: head h's D channels must all share score h, but "
+                            "channel c of yours gets score c mod H, as the H scores repeated along the channels "
+                            "give (scores.repeat(1, 1, D), tile, or a (B, T, 1, H) view). View the scores as "
+                            "(B, T, H, 1), so that they broadcast over y of shape (B, T, H, D) (or use "
+                            "repeat_interleave(D, dim=-1))"),
 ]
 
 
@@ -70,8 +97,10 @@ def _check_layer(gated_attention, gate):
         if same(out, expected):
             return
         for options, explanation in MISTAKES:
-            if gate == "headwise" and options.get("position") in ("value", "output"):
-                continue  # a headwise gate has H columns, which cannot scale v or the output
+            if gate == "headwise" and options.get("position") == "output":
+                continue  # a headwise gate has H columns, which cannot scale the output's C channels
+            if gate == "elementwise" and "headwise" in options:
+                continue
             if same(out, _attention(x, w_attn, w_proj, 4, gate, **options)):
                 raise Wrong(f"({gate} gate) {explanation}")
     raise Wrong(f"({gate} gate) your output differs from model.py's attention by up to "

@@ -20,7 +20,11 @@ def _transitions():
 
 
 def _sequence(backcopy_sequence, transitions, length, seed):
-    seq = backcopy_sequence(transitions, set(TRIGGERS), BOS, length, torch.Generator().manual_seed(seed))
+    try:
+        seq = backcopy_sequence(transitions, set(TRIGGERS), BOS, length, torch.Generator().manual_seed(seed))
+    except IndexError as error:
+        _diagnose_index_error(backcopy_sequence, transitions, error)
+        raise
     if isinstance(seq, torch.Tensor):
         seq = seq.tolist()
     if not isinstance(seq, (list, tuple)) or not all(isinstance(x, int) for x in seq):
@@ -28,6 +32,25 @@ def _sequence(backcopy_sequence, transitions, length, seed):
     if len(seq) != length:
         raise Wrong(f"asked for {length} tokens (BOS included), you returned {len(seq)}")
     return list(seq)
+
+
+def _diagnose_index_error(backcopy_sequence, transitions, error):
+    """An IndexError in the student's generator: if it is the trigger-at-position-1 mistake, say so.
+
+    When position 1 is a trigger, position 2 copies position 0, BOS; the chain is then asked for
+    row transitions[BOS], one past the last row. Two-token sequences (BOS and position 1) show
+    whether position 1 is ever a trigger, without touching the chain.
+    """
+    for seed in range(300):
+        try:
+            seq = backcopy_sequence(transitions, set(TRIGGERS), BOS, 2, torch.Generator().manual_seed(seed))
+            first = int(list(seq)[1])
+        except Exception:  # noqa: BLE001 - the probe failed too: the student sees the original error
+            return
+        if first in TRIGGERS:
+            raise Wrong(f"position 1 is a trigger ({first}, seed {seed}): draw position 1 from the tokens that "
+                        "are not triggers. After a trigger at position 1, position 2 copies position 0, BOS, and "
+                        f"the chain has no row transitions[BOS]: that is your IndexError ({error})") from error
 
 
 def _compare_with_repository(sequences, transitions):
@@ -59,10 +82,15 @@ def check_backcopy(module):
         sequences.append(seq)
         if seq[0] != BOS:
             raise Wrong(f"the sequence should start with BOS ({BOS}); yours starts with {seq[0]}")
+        if seq[1] in TRIGGERS:
+            raise Wrong(f"position 1 is a trigger ({seq[1]}, seed {seed}): draw it from the tokens that are "
+                        "not triggers")
         if BOS in seq[1:]:
             raise Wrong("BOS appears after position 0: it starts a sequence and is never drawn again")
-        if seq[1] in TRIGGERS:
-            raise Wrong(f"position 1 is a trigger ({seq[1]}): draw it from the tokens that are not triggers")
+        outside = [(t, x) for t, x in enumerate(seq[1:], 1) if not 0 <= x < V]
+        if outside:
+            raise Wrong(f"token {outside[0][1]} at position {outside[0][0]} is not a token id: tokens are "
+                        f"0 .. {V - 1} (the rows of transitions), BOS only at position 0")
         starts[seq[1]] += 1
         for t in range(2, len(seq)):
             prev = seq[t - 1]
