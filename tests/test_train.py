@@ -142,9 +142,13 @@ def test_training_errors(data_dir, tmp_path):
         train.main(args(data_dir, tmp_path, "--max_iters=1"))
     with pytest.raises(ConfigError, match="no checkpoint at"):
         train.main([f"--out_dir={tmp_path / 'empty'}", "--resume"])
-    with pytest.raises(ConfigError, match=f"{tmp_path} holds the runs {tmp_path.name}: pick one, e.g. "
-                                          f"--out_dir={tmp_path / tmp_path.name}"):
-        sample.main([f"--out_dir={tmp_path.parent}"])
+    runs = tmp_path / "compare"  # a folder of runs, as lab.compare writes it
+    for name in ("none", "elementwise"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "ckpt.pt").write_bytes((tmp_path / "ckpt.pt").read_bytes())
+    with pytest.raises(ConfigError, match=f"{runs} holds the runs elementwise, none: pick one, e.g. "
+                                          f"--out_dir={runs / 'elementwise'}"):
+        sample.main([f"--out_dir={runs}"])
 
 
 def test_metrics_keep_the_history_up_to_the_checkpoint(tmp_path):
