@@ -79,6 +79,7 @@ def document_commands():
     for doc in DOCUMENTS:
         text = (ROOT / doc).read_text(encoding="utf-8").replace("\\\n", " ")
         for number, line in enumerate(text.splitlines(), 1):
+            line = re.sub(r"\s#.*", "", line)  # a shell comment after the command
             for match in COMMAND.finditer(line):
                 found.append((doc, number, match[1], match[2]))
     return found
