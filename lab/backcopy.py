@@ -138,7 +138,7 @@ def prepare(cfg: BackcopyConfig) -> Path:
 
 
 def main(argv=None):
-    (cfg,) = parse_args([BackcopyConfig], argv, prog="python -m lab.backcopy", description=__doc__)
+    (cfg,) = parse_args([BackcopyConfig], argv, prog="-m lab.backcopy", description=__doc__)
     return prepare(cfg)
 
 

@@ -625,7 +625,7 @@ def prepare_held(cfg: CorpusConfig, folder: Path, source: Source):
 
 
 def main(argv=None):
-    (cfg,) = parse_args([CorpusConfig], argv, prog="python -m lab.corpus", description=__doc__)
+    (cfg,) = parse_args([CorpusConfig], argv, prog="-m lab.corpus", description=__doc__)
     return prepare(cfg)
 
 
