@@ -67,6 +67,7 @@ import numpy as np
 import torch
 
 import prepare_data
+from lab.corpus import split_blocks
 import train
 from configurable import ConfigError, opt, parse_args, run_main
 from model import CHOICES, GPTConfig
@@ -628,7 +629,7 @@ def generate_corpus(folder, mb, plays):
     manifest = folder / "corpus.json"
     if manifest.exists() and json.loads(manifest.read_text())["mb"] == mb:
         return json.loads(manifest.read_text())
-    speeches = prepare_data.split_blocks(plays)
+    speeches = split_blocks(plays)
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     files, text_bytes, documents, goal = [], 0, 0, int(mb * 10 ** 6)
@@ -732,7 +733,7 @@ def run_watched(command, cwd):
 
 def prepare_bench(train_cfg, bench_cfg, log):
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    plays = "".join(text for _, text in prepare_data.plays_source("").segments())
+    plays = prepare_data.plays_text(prepare_data.play_files()[0])
     with contextlib.ExitStack() as stack:
         folder = Path(bench_cfg.prepare_dir or stack.enter_context(tempfile.TemporaryDirectory()))
         tokenizer, tokenizer_note = bench_tokenizer(bench_cfg, plays, folder, log)
@@ -745,11 +746,11 @@ def prepare_bench(train_cfg, bench_cfg, log):
         log(f"  tiktoken encode_ordinary_batch, {threads} threads, on {half / 1e6:,.0f} MB")
         before = reference_throughput(encoding, texts, threads)
         shutil.rmtree(folder / "data", ignore_errors=True)
-        command = [sys.executable, str(ROOT / "prepare_data.py"), "--dataset=bench", f"--source={folder / 'corpus'}",
+        command = [sys.executable, "-m", "lab.corpus", "--dataset=bench", f"--source={folder / 'corpus'}",
                    f"--tokenizer={tokenizer}", "--documents=record", f"--data_dir={folder / 'data'}",
                    "--val_fraction=0.01"]
         log(f"  running {' '.join(command[1:])}")
-        wall, cpu, together, summed, output = run_watched(command, ROOT)
+        wall, cpu, together, summed, output = run_watched(command, Path(prepare_data.__file__).parent)
         meta = prepare_data.load_meta(folder / "data" / "bench")
         log(f"  tiktoken encode_ordinary_batch again on the same {half / 1e6:,.0f} MB")
         after = reference_throughput(encoding, texts, threads)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lab import analyze
+from lab import analyze, backcopy
 import prepare_data
 import train
-from configurable import ConfigError
+from configurable import ConfigError, run_main
 
 LENGTH = 24  # tokens after each BOS
 
@@ -17,23 +17,23 @@ LENGTH = 24  # tokens after each BOS
 def backcopy_config(data_dir, **kw):
     settings = dict(dataset="backcopy", data_dir=str(data_dir), backcopy_length=LENGTH,
                     backcopy_train_sequences=300, backcopy_val_sequences=40)
-    return prepare_data.DataConfig(**{**settings, **kw})
+    return backcopy.BackcopyConfig(**{**settings, **kw})
 
 
 @pytest.fixture(scope="module")
 def backcopy_dir(tmp_path_factory):
     """A small Bigram-Backcopy dataset, as `data_dir/backcopy/`; returns data_dir."""
     data_dir = tmp_path_factory.mktemp("bb")
-    prepare_data.prepare(backcopy_config(data_dir))
+    backcopy.prepare(backcopy_config(data_dir))
     return data_dir
 
 
 @pytest.fixture(scope="module")
 def plays_bigrams():
     """Which character follows which in the built-in plays, and how often each occurs."""
-    text, _ = prepare_data.plays_text()
+    text, _ = backcopy.plays_text()
     tokenizer = prepare_data.CharTokenizer(sorted(set(text)))
-    return prepare_data.bigram_statistics(np.array(tokenizer.encode(text)), tokenizer.vocab_size)
+    return backcopy.bigram_statistics(np.array(tokenizer.encode(text)), tokenizer.vocab_size)
 
 
 def read_split(data_dir, split):
@@ -65,7 +65,7 @@ def test_every_sequence_starts_with_bos_and_copies_exactly_after_triggers(backco
 def test_the_chain_follows_its_transition_probabilities():
     transitions = np.array([[0.0, 0.7, 0.3], [0.5, 0.0, 0.5], [1.0, 0.0, 0.0]])
     first = np.array([0.2, 0.8, 0.0])
-    seq = prepare_data.backcopy_sequences(transitions, first, np.array([2]), 3, 20_000, 6,
+    seq = backcopy.backcopy_sequences(transitions, first, np.array([2]), 3, 20_000, 6,
                                           np.random.default_rng(0))
     assert (seq[:, 0] == 3).all()
     assert np.bincount(seq[:, 1], minlength=3) / 20_000 == pytest.approx([0.2, 0.8, 0.0], abs=0.02)
@@ -78,16 +78,16 @@ def test_the_chain_follows_its_transition_probabilities():
 
 
 def test_same_seed_same_files_other_seed_other_files(backcopy_dir, tmp_path, capsys):
-    prepare_data.prepare(backcopy_config(backcopy_dir))
+    backcopy.prepare(backcopy_config(backcopy_dir))
     assert "is up to date" in capsys.readouterr().out
-    prepare_data.prepare(backcopy_config(tmp_path / "again"))
-    prepare_data.prepare(backcopy_config(tmp_path / "seed1", backcopy_seed=1))
+    backcopy.prepare(backcopy_config(tmp_path / "again"))
+    backcopy.prepare(backcopy_config(tmp_path / "seed1", backcopy_seed=1))
     for split in ("train", "val"):
         first = (backcopy_dir / "backcopy" / f"{split}.bin").read_bytes()
         assert (tmp_path / "again" / "backcopy" / f"{split}.bin").read_bytes() == first
         assert (tmp_path / "seed1" / "backcopy" / f"{split}.bin").read_bytes() != first
     # Another setting regenerates the folder.
-    prepare_data.prepare(backcopy_config(tmp_path / "again", backcopy_triggers=5))
+    backcopy.prepare(backcopy_config(tmp_path / "again", backcopy_triggers=5))
     meta = json.loads((tmp_path / "again" / "backcopy" / "meta.json").read_text())
     assert len(meta["trigger_tokens"]) == 5 and meta["backcopy"]["triggers"] == 5
 
@@ -97,10 +97,12 @@ def test_backcopy_errors(tmp_path):
         backcopy_config(tmp_path, backcopy_triggers=0)
     with pytest.raises(ConfigError, match="backcopy_length=1"):
         backcopy_config(tmp_path, backcopy_length=1)
-    with pytest.raises(ConfigError, match="drop --source"):
-        prepare_data.prepare(backcopy_config(tmp_path, source="x.txt"))
+    with pytest.raises(SystemExit, match="error: unknown key 'source'"):  # generated, not read
+        run_main(backcopy.main, ["--source=x.txt", f"--data_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="must leave some"):
-        prepare_data.backcopy_chain(np.ones((3, 3)), np.array([5, 4, 3]), 3)
+        backcopy.backcopy_chain(np.ones((3, 3)), np.array([5, 4, 3]), 3)
+    with pytest.raises(ConfigError, match="backcopy_triggers=100 must leave some of the"):
+        backcopy.prepare(backcopy_config(tmp_path, backcopy_triggers=100))
     assert not (tmp_path / "backcopy").exists()
 
 
@@ -142,9 +144,7 @@ def test_windows_start_only_at_bos_positions_with_room_after_them(tmp_path):
     # the last BOS has too little after it.
     stream = [5, 6, 7, 9, 1, 2, 9, 3, 4, 5, 6, 7, 8, 1, 9, 2, 3, 4, 5, 9, 1, 2]
     meta = {"dtype": "uint16", "vocab_size": 10, "bos_token": 9, "tokenizer": "char", "chars": list("abcdefghi")}
-    prepare_data.write_files(tmp_path, {"train.bin": np.array(stream, dtype=np.uint16).tobytes(),
-                                        "val.bin": np.array(stream, dtype=np.uint16).tobytes(),
-                                        "meta.json": json.dumps(meta).encode()})
+    prepare_data.write_dataset(tmp_path, np.array(stream, dtype=np.uint16), np.array(stream, dtype=np.uint16), meta)
     starts = train.document_starts(np.array(stream), 9, 4, tmp_path, "train")
     assert starts.tolist() == [3, 6, 14]  # 19 has only 2 tokens after it, a window needs 5
     x, y = train.Batches(tmp_path, 4, 50, CPU, seed=0, bos_token=9).train_step(1)[0]
