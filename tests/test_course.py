@@ -268,7 +268,7 @@ def test_command_line(capsys):
 
 
 def test_the_backcopy_check_compares_with_the_dataset_generator():
-    """4.1's last check: the student's token frequencies against prepare_data.backcopy_sequences."""
+    """4.1's last check: the student's token frequencies against lab.backcopy.backcopy_sequences."""
     import torch
 
     from course.checks import Wrong, lesson4
@@ -281,7 +281,7 @@ def test_the_backcopy_check_compares_with_the_dataset_generator():
     draw = lambda transitions: [backcopy_sequence(transitions, lesson4.TRIGGERS, lesson4.BOS, 40,
                                                   torch.Generator().manual_seed(seed)) for seed in range(300)]
     lesson4._compare_with_repository(draw(chain), chain)  # the same chain: no complaint
-    with pytest.raises(Wrong, match="prepare_data.backcopy_sequences"):
+    with pytest.raises(Wrong, match="lab.backcopy.backcopy_sequences"):
         lesson4._compare_with_repository(draw(other), chain)
 
 

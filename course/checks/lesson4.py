@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-import prepare_data
+import lab.backcopy
 from course.checks import Exercise, Wrong
 
 V, BOS, TRIGGERS = 6, 6, {0, 3}
@@ -54,7 +54,7 @@ def _diagnose_index_error(backcopy_sequence, transitions, error):
 
 
 def _compare_with_repository(sequences, transitions):
-    """Token frequencies of the student's sequences against prepare_data.backcopy_sequences on the same chain.
+    """Token frequencies of the student's sequences against lab.backcopy.backcopy_sequences on the same chain.
 
     The two draw from different generators (torch here, numpy there), so the sequences
     differ; their statistics must not. A difference above 0.04 is far outside chance
@@ -63,14 +63,14 @@ def _compare_with_repository(sequences, transitions):
     plain = sorted(set(range(V)) - TRIGGERS)
     first = np.zeros(V)
     first[plain] = 1.0 / len(plain)
-    theirs = prepare_data.backcopy_sequences(transitions.numpy(), first, sorted(TRIGGERS), BOS, len(sequences),
+    theirs = lab.backcopy.backcopy_sequences(transitions.numpy(), first, sorted(TRIGGERS), BOS, len(sequences),
                                              len(sequences[0]) - 1, np.random.default_rng(0))
     ours = np.array(sequences)
     mine, repo = (np.bincount(s[:, 1:].ravel(), minlength=V + 1)[:V] / s[:, 1:].size for s in (ours, theirs))
     worst = int(np.abs(mine - repo).argmax())
     if abs(mine[worst] - repo[worst]) > 0.04:
         raise Wrong(f"each rule holds, but token {worst} is {mine[worst]:.1%} of your tokens and {repo[worst]:.1%} "
-                    "of those of prepare_data.backcopy_sequences (the generator of the lesson's dataset) on the "
+                    "of those of lab.backcopy.backcopy_sequences (the generator of the lesson's dataset) on the "
                     "same chain: compare the two functions")
 
 
@@ -118,7 +118,7 @@ def check_backcopy(module):
         raise Wrong("different seeds gave the same sequence: draw the random numbers from `generator`")
     _compare_with_repository(sequences, transitions)
     return ("BOS first, the back-copy after every trigger, bigram statistics within 0.05, seeded, and the "
-            "token frequencies of prepare_data.backcopy_sequences")
+            "token frequencies of lab.backcopy.backcopy_sequences")
 
 
 EXERCISES = [Exercise("4.1", "l4_backcopy.py", "the Bigram-Backcopy generator", check_backcopy)]

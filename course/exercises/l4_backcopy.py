@@ -9,7 +9,7 @@ has to do nothing, and a softmax head does nothing by attending to BOS.
 
 Write `backcopy_sequence`. The checker tests the rules on many draws and the
 bigram statistics of the non-copied steps, then compares your tokens'
-frequencies with those of the dataset's generator, prepare_data.backcopy_sequences.
+frequencies with those of the dataset's generator, lab.backcopy.backcopy_sequences.
 
     python -m course.check 4.1
 """
