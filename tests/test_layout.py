@@ -70,7 +70,7 @@ def test_no_modules_import_each_other_in_a_circle():
 DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docs/**/*.md")),
              *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("course/**/*.md"))]
 COMMAND = re.compile(r"python3? (-m [\w.]+|[\w./-]+\.py)((?: +(?:--?[\w.-]+(?:=(?:\"[^\"]*\"|'[^']*'|[^\s`;|&)#]+))?"
-                     r"|\S+(?=\s|$)(?<![`;|&)])))*)")
+                     r"|[^\s`;|&)#-][^\s`;|&)#]*))*)")
 
 
 def document_commands():
