@@ -11,7 +11,8 @@ from lab import analyze
 from lab import metrics
 import prepare_data
 import train
-from configurable import ConfigError
+from model import GPTConfig
+from configurable import ConfigError, parse_args
 
 
 # ---------------------------------------------------------------------------
@@ -25,14 +26,21 @@ def runs(data_dir):
     out = {}
     for gate in ("elementwise", "none"):
         out[gate] = data_dir / gate
-        train.main([f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={out[gate]}", f"--gate={gate}",
-                    "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
-                    "--learning_rate=3e-3", "--warmup_iters=2", "--max_iters=10", "--eval_interval=5",
-                    "--eval_iters=2", "--spike_window=5", "--progress=false", "--device=cpu"])
+        model_cfg, cfg = parse_args([GPTConfig, train.TrainConfig], [
+            f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={out[gate]}", f"--gate={gate}", "--n_layer=2",
+            "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--learning_rate=3e-3",
+            "--warmup_iters=2", "--max_iters=10", "--eval_interval=5", "--eval_iters=2", "--spike_window=5",
+            "--progress=false", "--device=cpu"])
+        train.train(model_cfg, cfg, on_eval=metrics.eval_hook(cfg.spike_window))  # the lab's measurements
     return out
 
 
-def test_train_logs_sink_activation_gate_and_spike_numbers(runs):
+def test_train_logs_sink_activation_gate_and_spike_numbers_through_the_labs_hook(runs, data_dir, tmp_path):
+    train.main([f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={tmp_path}", "--n_layer=1", "--n_head=2",
+                "--n_embd=16", "--block_size=16", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+                "--progress=false", "--device=cpu"])
+    alone = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [set(r) for r in alone if "val_loss" in r] == [{"step", "train_loss", "val_loss"}] * 2  # train.py alone
     records = [json.loads(line) for line in open(runs["elementwise"] / "metrics.jsonl")]
     evals = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in evals] == [0, 5, 10]

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lab import analyze, backcopy
+from lab import analyze, backcopy, metrics
 import prepare_data
 import train
-from configurable import ConfigError, run_main
+from configurable import ConfigError, parse_args, run_main
+from model import GPTConfig
 
 LENGTH = 24  # tokens after each BOS
 
@@ -156,7 +157,9 @@ def test_windows_start_only_at_bos_positions_with_room_after_them(tmp_path):
 def test_bos_aligned_training_logs_the_query_classes(backcopy_dir, data_dir, tmp_path):
     common = ["--n_layer=2", "--n_head=1", "--n_embd=16", "--block_size=16", "--batch_size=8", "--max_iters=4",
               "--eval_interval=2", "--eval_iters=1", "--progress=false", "--device=cpu", "--bos_aligned=true"]
-    train.main([f"--data_dir={backcopy_dir}", "--dataset=backcopy", f"--out_dir={tmp_path / 'bb'}", *common])
+    model_cfg, cfg = parse_args([GPTConfig, train.TrainConfig], [f"--data_dir={backcopy_dir}", "--dataset=backcopy",
+                                                                 f"--out_dir={tmp_path / 'bb'}", *common])
+    train.train(model_cfg, cfg, on_eval=metrics.eval_hook(cfg.spike_window))
     evals = [r for r in map(json.loads, open(tmp_path / "bb" / "metrics.jsonl")) if "val_loss" in r]
     assert [r["step"] for r in evals] == [0, 2, 4]
     for key in ("bos_attn_dormant", "bos_attn_active", "gate_dormant", "gate_active"):
