@@ -397,7 +397,7 @@ class MetricsLog:
         for line in self.path.read_text().splitlines() if step is not None else ():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:  # the last line, cut short by a kill
+            except (ValueError, RecursionError):  # the last line, cut short by a kill
                 continue
             evaluation = "val_loss" in record and not record.get("diverged")
             if record["step"] < step or (record["step"] == step and evaluation):

@@ -67,6 +67,7 @@ import numpy as np
 import torch
 
 import prepare_data
+from lab.compare import json_lines
 from lab.corpus import split_blocks
 import train
 from configurable import ConfigError, opt, parse_args, run_main
@@ -475,8 +476,7 @@ def generation_table(results, counts, block_size, variant):
 
 
 def val_loss_of(out_dir):
-    records = [json.loads(line) for line in open(Path(out_dir) / "metrics.jsonl")]
-    evals = [r for r in records if "val_loss" in r]
+    evals = [r for r in json_lines(Path(out_dir) / "metrics.jsonl") if "val_loss" in r]
     return (evals[-1]["val_loss"], evals[-1]["step"]) if evals else (None, None)
 
 

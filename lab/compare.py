@@ -181,6 +181,22 @@ def run_variant(settings, run_dir, fresh=False):
     return how
 
 
+def json_lines(path):
+    """The records of a JSON Lines file the runs wrote (metrics.jsonl, results.jsonl); none if it is missing.
+    A line that is not JSON is one line of error; a last line cut short by a kill is left out."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except (ValueError, RecursionError):
+            if number < len(lines):
+                raise ConfigError(f"{path} line {number} is not a JSON record: it was changed by hand or damaged; "
+                                  "move the file away to start that history again") from None
+    return records
+
+
 def read_metrics(run_dir):
     """metrics.jsonl as {"steps": [...], "evals": [...], "diverged": record or None}, in step order.
 
@@ -189,9 +205,7 @@ def read_metrics(run_dir):
     divergence counts only if nothing was recorded after it (the run was not resumed past it).
     """
     steps, evals, diverged = {}, {}, None
-    path = Path(run_dir) / "metrics.jsonl"
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        record = json.loads(line)
+    for record in json_lines(Path(run_dir) / "metrics.jsonl"):
         if record.get("diverged"):
             diverged = record
         elif "val_loss" in record:

@@ -333,7 +333,7 @@ def gpt2_state_dict(hf_state):
 def read_json(path):
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise ConfigError(f"{path} cannot be read as JSON") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{path} is not a JSON object")
@@ -352,7 +352,7 @@ def read_safetensors(path):
             header_len = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(header_len))
             buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        except (ValueError, OSError, MemoryError):
+        except (ValueError, OSError, MemoryError, RecursionError):
             raise ConfigError(bad) from None
     if not isinstance(header, dict):
         raise ConfigError(bad)

@@ -114,13 +114,7 @@ def outcome(record):
 
 def load_results(path):
     """The latest record of each (variant, lr) in results.jsonl."""
-    path = Path(path)
-    records = {}
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        if line.strip():
-            record = json.loads(line)
-            records[(record["variant"], lr_key(record["lr"]))] = record
-    return records
+    return {(record["variant"], lr_key(record["lr"])): record for record in compare.json_lines(path)}
 
 
 def append_result(path, record):
@@ -132,7 +126,11 @@ def check_sweep_settings(path, settings):
     """Write the sweep's shared settings to sweep.json, or check them against an earlier start."""
     path = Path(path)
     if path.exists():
-        differ = compare.settings_differ(settings, json.loads(path.read_text()))
+        try:
+            stored = json.loads(path.read_text())
+        except (ValueError, RecursionError):
+            raise ConfigError(f"{path} is not the JSON this sweep wrote: delete that folder to start over") from None
+        differ = compare.settings_differ(settings, stored)
         if differ:
             raise ConfigError(f"{path.parent} holds a sweep with other settings ({'; '.join(differ[:3])}): "
                               "choose another --out_dir, or delete that folder to start over")

@@ -188,3 +188,15 @@ def test_emergence_figure_of_a_plain_model_alone_draws_without_warnings(tmp_path
         warnings.simplefilter("error")
         path = compare.plot_emergence(tmp_path / "emergence.png", {"none": {"evals": records}}, "plain only")
     assert path.stat().st_size > 0
+
+
+def test_run_histories_that_are_damaged_are_one_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "loss": 2.0}\n{"step": 1, "lo')  # the last line, cut short by a kill
+    assert compare.json_lines(path) == [{"step": 0, "loss": 2.0}]
+    for damage in ("[" * 200_000 + "]" * 200_000, "not json"):  # nested too deeply to read; not JSON
+        path.write_text('{"step": 0, "loss": 2.0}\n' + damage + '\n{"step": 1, "loss": 1.0}\n')
+        with pytest.raises(ConfigError) as err:
+            compare.read_metrics(tmp_path)
+        assert str(err.value).startswith(f"{path} line 2 is not a JSON record") and "\n" not in str(err.value)
+    assert compare.json_lines(tmp_path / "missing.jsonl") == []
