@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import analyze
+from lab import analyze, backcopy
 from lab.metrics import eval_hook, spike_score
 import prepare_data
 import train
@@ -121,9 +121,13 @@ def run_settings(shared, name):
 
 
 def check_runs(runs):
-    """Check each run's settings against this machine and the data (train.prepare_run), so that a
+    """Check each run's settings against this machine and the data (train.prepare_run; the Bigram-Backcopy
+    dataset is generated on first use, as train.py prepares the built-in ones), so that a
     bad setting stops everything before any run starts and before anything is deleted."""
     for settings in runs:
+        folder = prepare_data.dataset_dir(settings["data_dir"], settings["dataset"])
+        if settings["dataset"] == "backcopy" and not prepare_data.is_prepared(folder):  # the lab's dataset
+            backcopy.prepare(backcopy.BackcopyConfig(data_dir=settings["data_dir"]))
         train.prepare_run(pick(GPTConfig, settings), pick(TrainConfig, settings))
 
 

@@ -222,6 +222,7 @@ def checkpoint_paths(cfg, model_cfg, train_cfg):
         paths = [Path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
         return [p if p.suffix == ".pt" else p / "ckpt.pt" for p in paths]
     runs = training_runs(cfg, model_cfg, train_cfg)
+    compare.check_runs(runs.values())
     for run_dir, settings in runs.items():
         start = time.perf_counter()
         how = compare.run_variant(settings, run_dir, cfg.fresh)

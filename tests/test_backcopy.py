@@ -178,3 +178,21 @@ def test_bos_aligned_training_logs_the_query_classes(backcopy_dir, data_dir, tmp
         assert label in table
     with pytest.raises(ConfigError, match="bos_aligned=true needs document starts, and dataset 'tiny' has no bos"):
         train.main([f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={tmp_path / 'tiny'}", *common])
+
+
+def test_the_lab_generates_the_backcopy_dataset_on_first_use(tmp_path, monkeypatch):
+    import dataclasses
+    from lab import compare
+    made, real = [], backcopy.prepare
+
+    def small(cfg):  # the real generator, with fewer sequences
+        made.append(cfg.data_dir)
+        return real(dataclasses.replace(cfg, backcopy_train_sequences=200, backcopy_val_sequences=20))
+
+    monkeypatch.setattr(backcopy, "prepare", small)
+    settings = {**compare.run_settings(compare.shared_settings(*parse_args(
+        [GPTConfig, train.TrainConfig], [f"--data_dir={tmp_path}", "--dataset=backcopy", "--device=cpu"])), "none")}
+    with pytest.raises(ConfigError, match="run python -m lab.backcopy"):
+        train.prepare_run(GPTConfig(gate="none"), train.TrainConfig(data_dir=str(tmp_path), dataset="backcopy"))
+    compare.check_runs([settings, settings])
+    assert made == [str(tmp_path)] and prepare_data.is_prepared(tmp_path / "backcopy")  # once
