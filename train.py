@@ -255,8 +255,8 @@ def dataset_folder(cfg, runtime):
     folder = prepare_data.dataset_dir(cfg.data_dir, cfg.dataset)
     if not prepare_data.is_prepared(folder):
         if cfg.dataset not in prepare_data.BUILTIN_DATASETS:
-            command = ("python -m lab.backcopy" if cfg.dataset == "backcopy" else
-                       f"python prepare_data.py --dataset={cfg.dataset} --source=PATH")
+            command = prepare_data.LAB_DATASETS.get(cfg.dataset, f"python prepare_data.py --dataset={cfg.dataset} "
+                                                                 "--source=PATH")
             raise ConfigError(f"no prepared dataset '{cfg.dataset}' in {folder}: run {command}")
         if runtime.master:
             prepare_data.prepare(prepare_data.DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir))
