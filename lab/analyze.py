@@ -6,7 +6,7 @@ whether a model relies on its sink or its gate.
 
 Prints one column per checkpoint, writes a JSON report and (with matplotlib)
 figures, by default under runs/analyze/. The measurements and their sources are
-in metrics.py; this file loads checkpoints and sequences, and draws.
+in metrics.py and the figures in plots.py; this file loads checkpoints and sequences.
 """
 
 import json
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lab import metrics
+from lab import plots
 import prepare_data
 from lab import pretrained
 import train
@@ -82,7 +83,7 @@ def analyze_checkpoint(path, split="val", num_sequences=64, seq_len=64, eps=0.3,
 
 
 # ---------------------------------------------------------------------------
-# Table, report and figures
+# Table and report
 # ---------------------------------------------------------------------------
 
 
@@ -168,146 +169,6 @@ def write_report(path, settings, results):
     path.write_text(json.dumps({"settings": settings, "models": models}, indent=1))
 
 
-def new_figure(width, height):
-    """A matplotlib Figure drawn off-screen (no pyplot state), or None without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def has_matplotlib():
-    """Whether figures can be drawn; if not, says how to get them."""
-    if new_figure(1, 1) is None:
-        print("figures skipped: pip install matplotlib")
-        return False
-    return True
-
-
-def plot_figures(results, fig_dir, layer):
-    """Heatmaps of first-token attention, M-Act per layer, gate histograms and the
-    attention map of `layer`; returns the files written (none without matplotlib)."""
-    if not has_matplotlib():
-        return []
-    fig_dir = Path(fig_dir)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    names = list(results)
-    figures = {"first_token_attention.png": _plot_sinks, "massive_activations.png": _plot_activations,
-               "gate_scores.png": _plot_gates, f"attention_map_layer{layer}.png": _plot_maps,
-               "bos_by_query_class.png": plot_bos_classes}
-    written = []
-    for filename, draw in figures.items():
-        fig = new_figure(4 + 3 * len(names), 4)
-        if draw(fig, names, results):
-            fig.savefig(fig_dir / filename, dpi=120)
-            written.append(fig_dir / filename)
-    return written
-
-
-def _plot_sinks(fig, names, results):
-    # One colour scale for all models, from 0 to the largest value shown.
-    top = max(max(max(heads) for heads in results[name]["per_layer"]["first_token_attn"]) for name in names) or 1.0
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
-    for ax, name in zip(axes, names):
-        r = results[name]
-        alpha = np.array(r["per_layer"]["first_token_attn"])  # (layers, heads)
-        image = ax.imshow(alpha, vmin=0, vmax=top, aspect="auto")
-        for (layer, head), value in np.ndenumerate(alpha):  # the numbers, as small ones barely show in colour
-            ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if value < top / 2 else "black")
-        ax.set(title=f"{name}\nF-Attn {r['f_attn']:.2f}, Sink_1 {r['sink_1']:.0f}%", xlabel="head", ylabel="layer",
-               xticks=range(alpha.shape[1]), yticks=range(alpha.shape[0]))
-    fig.colorbar(image, ax=list(axes), label="attention on token 0 (alpha_1)")
-    return True
-
-
-def _plot_activations(fig, names, results):
-    ax = fig.subplots()
-    for name in names:
-        peak = results[name]["per_layer"]["m_act"]
-        ax.plot(range(len(peak)), peak, marker="o", label=name)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set(yscale="log", xlabel="layer", ylabel="max |h| (M-Act)", title="massive activations")
-    ax.legend()
-    return True
-
-
-def _plot_gates(fig, names, results):
-    gated = [name for name in names if results[name]["gate_hist"] is not None]
-    if not gated:
-        return False
-    ax = fig.subplots()
-    for name in gated:
-        ax.stairs(results[name]["gate_hist"], np.linspace(0, 1, metrics.GATE_BINS + 1), label=name)
-    ax.set(xlabel="gate score (outside [0, 1] counted in the end bins)", ylabel="fraction of scores",
-           title="gate scores, all layers")
-    ax.legend()
-    return True
-
-
-def _plot_maps(fig, names, results):
-    names = [name for name in names if "attn_map" in results[name]]
-    if not names:
-        return False
-    maps = [np.array(results[name]["attn_map"]["per_head"]) for name in names]
-    heads = max(m.shape[0] for m in maps)
-    fig.set_size_inches(2.2 * heads + 1, 2.2 * len(names) + 0.5)
-    axes = fig.subplots(len(names), heads, squeeze=False)
-    for row, (name, per_head) in enumerate(zip(names, maps)):
-        for head in range(heads):
-            ax = axes[row][head]
-            if head >= len(per_head):
-                ax.set_axis_off()
-                continue
-            # The square root spreads out the small probabilities next to a sink.
-            image = ax.imshow(np.sqrt(per_head[head]), vmin=0, vmax=1)
-            ax.set_title(f"{name}\nhead {head}" if head == 0 else f"head {head}", fontsize=8)
-            ax.set_xlabel("key position", fontsize=7)
-            ax.set_ylabel("query position", fontsize=7)
-            ax.tick_params(labelsize=6)
-    fig.colorbar(image, ax=axes.ravel().tolist(), label="sqrt(attention probability)")
-    fig.suptitle(f"layer {results[names[0]]['attn_map']['layer']}, mean over sequences")
-    return True
-
-
-CLASS_PANELS = [  # (per-layer keys, bar labels, axis label, title)
-    (("bos_attn_dormant", "bos_attn_active"), ("dormant", "active"), "attention on BOS",
-     "BOS attention by query class"),
-    (("gate_dormant", "gate_active"), ("dormant", "active"), "mean gate score", "gate by query class"),
-    (("value_norm_bos", "value_norm_other"), ("BOS", "other"), "mean |v| (over heads)", "value norm (drain)"),
-    (("resid_norm_bos", "resid_norm_other"), ("BOS", "other"), "mean |h| after the layer", "residual norm (peak)"),
-]
-
-
-def plot_bos_classes(fig, names, results):
-    """Per layer, bars per model: BOS attention and gate of dormant and active queries,
-    value and residual norms at BOS against the other positions. False if nothing to draw."""
-    panels = [panel for panel in CLASS_PANELS
-              if any(results[name]["per_layer"].get(panel[0][0]) is not None for name in names)]
-    if not panels:
-        return False
-    fig.set_size_inches(3.6 * len(panels), 3.4)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    width = 0.8 / (2 * len(names))
-    for ax, (keys, labels, ylabel, title) in zip(axes, panels):
-        for m, name in enumerate(names):
-            per_layer = results[name]["per_layer"]
-            if per_layer.get(keys[0]) is None:
-                continue
-            layers = np.arange(len(per_layer[keys[0]]))
-            for c, (key, label) in enumerate(zip(keys, labels)):
-                values = [np.nan if v is None else _layer_mean(per_layer[key], layer)
-                          for layer, v in enumerate(per_layer[key])]
-                x = layers - 0.4 + width * (2 * m + c + 0.5)
-                ax.bar(x, values, width, label=f"{name}: {label}", color=f"C{2 * m + c}")
-        ax.set(xlabel="layer", ylabel=ylabel, title=title)
-        ax.set_xticks(layers)
-        ax.legend(fontsize=6)
-    return True
 
 
 # ---------------------------------------------------------------------------
@@ -354,7 +215,7 @@ def main(argv=None):
         write_report(cfg.report, settings, results)
         print(f"report: {cfg.report}")
     if cfg.fig_dir:
-        for path in plot_figures(results, cfg.fig_dir, cfg.layer):
+        for path in plots.plot_figures(results, cfg.fig_dir, cfg.layer):
             print(f"figure: {path}")
     return results
 

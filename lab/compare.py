@@ -24,14 +24,11 @@ and gate per query class, value and residual norms at BOS against the rest).
 
 import json
 import statistics
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from lab import analyze, backcopy
+from lab import analyze, backcopy, plots
 from lab.metrics import eval_hook, spike_score
 import prepare_data
 import train
@@ -313,7 +310,7 @@ def describe_settings(settings, lr_text=None):
 
 
 # ---------------------------------------------------------------------------
-# Figures (matplotlib is optional)
+# Notes for the table
 # ---------------------------------------------------------------------------
 
 
@@ -323,118 +320,6 @@ def analysis_note(settings):
             f"sequences of {min(64, settings['block_size'])} tokens{start}")
 
 
-def smooth(values, window):
-    """Trailing mean over `window` points (shorter at the start), so curves keep their length."""
-    x = np.asarray(values, dtype=float)
-    if len(x) == 0 or window <= 1:
-        return x
-    sums = np.cumsum(np.insert(x, 0, 0.0))
-    counts = np.minimum(np.arange(1, len(x) + 1), window)
-    return (sums[1:] - sums[np.maximum(0, np.arange(1, len(x) + 1) - window)]) / counts
-
-
-def plot_training(ax_loss, ax_norm, name, metrics):
-    """One run's smoothed train loss (line), val loss (dots) and gradient norm on two axes; returns its colour."""
-    steps = [r["step"] for r in metrics["steps"]]
-    window = max(1, len(steps) // 50)
-    line, = ax_loss.plot(steps, smooth([r["loss"] for r in metrics["steps"]], window), lw=1, label=name)
-    evals = metrics["evals"]
-    ax_loss.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o", ms=3, color=line.get_color())
-    ax_norm.plot(steps, [r["grad_norm"] for r in metrics["steps"]], lw=0.6, alpha=0.8, color=line.get_color(),
-                 label=name)
-    return line.get_color()
-
-
-def plot_losses(path, metrics_by_name, title):
-    """Loss and gradient-norm curves of every variant, overlaid."""
-    fig = analyze.new_figure(11, 4)
-    ax_loss, ax_norm = fig.subplots(1, 2)
-    for name, metrics in metrics_by_name.items():
-        plot_training(ax_loss, ax_norm, name, metrics)
-    # Start the loss axis below the first steps' loss so that the differences that matter show.
-    tails = [r["val_loss"] for m in metrics_by_name.values() for r in m["evals"][1:]]
-    if tails:
-        ax_loss.set_ylim(min(tails) - 0.1, max(tails) + 0.3)
-    ax_loss.set(xlabel="step", ylabel="loss", title="train loss (smoothed) and val loss (dots)")
-    ax_norm.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm")
-    ax_loss.legend()
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
-
-
-def uniform_first_token_attention(seq_len):
-    """F-Attn of attention spread evenly over the causal context: mean over t < T of 1 / (t + 1)."""
-    return sum(1.0 / (t + 1) for t in range(seq_len)) / seq_len
-
-
-def plot_emergence(path, metrics_by_name, title):
-    """Over training, from each evaluation: F-Attn and, with query classes, the BOS attention
-    and mean gate of dormant (solid) and active (dashed) queries per layer."""
-    evals = {name: m["evals"] for name, m in metrics_by_name.items()}
-    classes = any("bos_attn_dormant" in r for records in evals.values() for r in records)
-    layers = max((len(r["bos_attn_dormant"]) for records in evals.values() for r in records
-                  if "bos_attn_dormant" in r), default=0)
-    panels = [("f_attn", None)] + [(kind, layer) for kind in ("bos_attn", "gate") for layer in range(layers)]
-    fig = analyze.new_figure(3.3 * len(panels), 3.4)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for m, (name, records) in enumerate(evals.items()):
-        steps = [r["step"] for r in records]
-        axes[0].plot(steps, [r["f_attn"] for r in records], color=f"C{m}", label=name)
-        for ax, (kind, layer) in zip(axes[1:], panels[1:]):
-            for cls, style in (("dormant", "-"), ("active", "--")):
-                key = f"{kind}_{cls}"
-                values = [np.nan if r.get(key) is None or r[key][layer] is None else r[key][layer] for r in records]
-                if not np.all(np.isnan(values)):
-                    ax.plot(steps, values, style, color=f"C{m}", label=f"{name}, {cls}")
-    axes[0].set(title="F-Attn (attention on token 0)", ylabel="attention probability")
-    for ax, (kind, layer) in zip(axes[1:], panels[1:]):
-        ax.set(title=f"{'BOS attention' if kind == 'bos_attn' else 'mean gate'}, layer {layer}",
-               ylabel="attention on BOS" if kind == "bos_attn" else "gate score")
-    for ax in axes:
-        ax.set(xlabel="step", ylim=(0, 1))
-        if ax.get_legend_handles_labels()[0]:  # a gate panel is empty when no model has a gate
-            ax.legend(fontsize=6)
-    fig.suptitle(textwrap.fill(title + ("" if classes else "; no query classes in this dataset"), 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
-
-
-def plot_bos_classes(path, results, title):
-    """analyze.py's BOS and query-class bars for every variant, or None without them."""
-    fig = analyze.new_figure(12, 3.4)
-    if not analyze.plot_bos_classes(fig, list(results), results):
-        return None
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
-
-
-def plot_layers(path, results, seq_len, title):
-    """Per layer: first-token attention (mean over heads), M-Act and mean gate, one line per variant."""
-    fig = analyze.new_figure(13, 3.8)
-    axes = fig.subplots(1, 3)
-    for name, r in results.items():
-        per_layer = r["per_layer"]
-        layers = range(len(per_layer["m_act"]))
-        axes[0].plot(layers, np.mean(per_layer["first_token_attn"], axis=1), marker="o", label=name)
-        axes[1].plot(layers, per_layer["m_act"], marker="o", label=name)
-        axes[2].plot(layers, per_layer["mean_gate"] if per_layer["mean_gate"] else [np.nan] * len(layers),
-                     marker="o", label=name)
-    # Without a sink, attention spread evenly over the causal context puts 1/(t+1) on token 0 at
-    # query t: H_T / T on average over T queries (0.074 at T = 64), the level to compare against.
-    axes[0].axhline(uniform_first_token_attention(seq_len), color="gray", ls=":", label="uniform attention")
-    axes[0].set(ylabel="attention on token 0 (alpha_1, mean over heads)", ylim=(0, None),
-                title="first-token attention (F-Attn per layer)")
-    axes[1].set(ylabel="max |h| of the layer output", yscale="log", title="M-Act per layer")
-    axes[2].set(ylabel="mean gate score", ylim=(0, 1), title="mean gate per layer (gated variants)")
-    for ax in axes:
-        ax.set(xlabel="layer")
-        ax.set_xticks(list(layers))
-    axes[0].legend()
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
 
 
 # ---------------------------------------------------------------------------
@@ -480,12 +365,12 @@ def compare_runs(runs, shared, out_dir, fresh):
     title = describe_settings(shared)
     table = write_outputs(out_dir, shared, results, title)
     print(f"\n{table}\ntable: {out_dir / 'compare.md'}, {out_dir / 'compare.json'}")
-    if analyze.has_matplotlib():
+    if plots.has_matplotlib():
         metrics = {name: read_metrics(out_dir / name) for name in runs}
-        figures = [plot_losses(out_dir / "loss.png", metrics, title),
-                   plot_layers(out_dir / "layers.png", results, min(64, shared["block_size"]), title),
-                   plot_emergence(out_dir / "emergence.png", metrics, title),
-                   plot_bos_classes(out_dir / "bos_classes.png", results, title)]
+        figures = [plots.plot_losses(out_dir / "loss.png", metrics, title),
+                   plots.plot_layers(out_dir / "layers.png", results, min(64, shared["block_size"]), title),
+                   plots.plot_emergence(out_dir / "emergence.png", metrics, title),
+                   plots.plot_bos_classes(out_dir / "bos_classes.png", results, title)]
         print(f"figures: {', '.join(str(path) for path in figures if path is not None)}")
     return results
 

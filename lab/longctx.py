@@ -30,13 +30,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lab import analyze
 from lab import compare
 from lab import metrics
+from lab import plots
 import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, pick, run_main, to_dict
@@ -245,7 +245,7 @@ def pooled(results):
 
 
 # ---------------------------------------------------------------------------
-# Tables and figures
+# Tables
 # ---------------------------------------------------------------------------
 
 
@@ -320,47 +320,6 @@ def report(groups, cfg):
     return "\n\n".join(parts)
 
 
-def plot_extension(path, groups, cfg):
-    """Loss against length per method (one panel per model), and per position at the longest length."""
-    fig = analyze.new_figure(12, 7)
-    axes = fig.subplots(2, len(groups), squeeze=False)
-    multiples, longest = cfg.multiple_list(), max(cfg.multiple_list())
-    ymax = max(np.mean([r["extension"][m]["loss"][1 if 1 in multiples else multiples[0]] for r in runs])
-               for runs in groups.values() for m in cfg.method_list()) + 1.5
-    for col, (name, runs) in enumerate(groups.items()):
-        block = runs[0]["block_size"]
-        for method in cfg.method_list():
-            losses = np.array([[r["extension"][method]["loss"][m] for m in multiples] for r in runs])
-            line, = axes[0, col].plot([m * block for m in multiples], losses.mean(0), marker="o", label=method)
-            curve = np.mean([r["extension"][method]["per_position"] for r in runs], axis=0)
-            axes[1, col].plot(compare.smooth(curve, 16), lw=1, color=line.get_color(), label=method)
-        axes[0, col].set_xscale("log", base=2)
-        axes[0, col].minorticks_off()
-        axes[0, col].set(xlabel="evaluated length (tokens)", ylabel="val loss", ylim=(None, ymax),
-                         title=f"{name}: val loss by length")
-        axes[0, col].set_xticks([m * block for m in multiples], [str(m * block) for m in multiples])
-        axes[1, col].axvline(block, color="gray", ls=":")
-        axes[1, col].set(xlabel="position", ylabel="loss (mean of 16 positions)", ylim=(None, ymax),
-                         title=f"{name}: loss by position at {longest}x")
-        axes[0, col].legend()
-    fig.savefig(path, dpi=90)
-    return path
-
-
-def plot_sinks(path, groups):
-    fig = analyze.new_figure(12, 3.6)
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
-    for ax, (name, runs) in zip(axes, groups.items()):
-        s = runs[0]["sinks"]
-        for label in s["per_position"]:
-            ax.plot(compare.smooth(np.mean([r["sinks"]["per_position"][label] for r in runs], axis=0), 4),
-                    lw=1, label=label)
-        ax.axvline(s["window"], color="gray", ls=":")
-        ax.set(xlabel="position", ylabel="loss (mean of 4 positions)",
-               title=f"{name}: window of {s['window']} tokens")
-        ax.legend()
-    fig.savefig(path, dpi=90)
-    return path
 
 
 # ---------------------------------------------------------------------------
@@ -425,9 +384,9 @@ def main(argv=None):
     (out_dir / "longctx.md").write_text(text + "\n")
     analyze.write_report(out_dir / "longctx.json", to_dict(cfg), results)
     print(f"\n{text}\ntables: {out_dir / 'longctx.md'}, {out_dir / 'longctx.json'}")
-    if analyze.has_matplotlib():
-        print(f"figures: {plot_extension(out_dir / 'extension.png', groups, cfg)}, "
-              f"{plot_sinks(out_dir / 'sinks.png', groups)}")
+    if plots.has_matplotlib():
+        extension = plots.plot_extension(out_dir / "extension.png", groups, cfg.multiple_list(), cfg.method_list())
+        print(f"figures: {extension}, {plots.plot_sinks(out_dir / 'sinks.png', groups)}")
     return results
 
 

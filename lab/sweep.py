@@ -31,7 +31,6 @@ eval_iters=10, progress=false. learning_rate and min_lr are set per run.
 
 import json
 import math
-import textwrap
 import time
 import traceback
 from dataclasses import dataclass
@@ -39,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import analyze
 from lab import compare
+from lab import plots
 import prepare_data
 import train
 from configurable import ConfigError, opt, parse_args, run_main
@@ -207,52 +206,6 @@ def format_summary(summaries):
 # ---------------------------------------------------------------------------
 
 
-def plot_loss_vs_lr(path, records_by_variant, summaries, title):
-    """Final val loss against the learning rate, one line per variant; diverged runs as x at the init loss."""
-    fig = analyze.new_figure(7, 4.5)
-    ax = fig.subplots()
-    for name, records in records_by_variant.items():
-        runs = sorted((r for r in records if r["status"] != "crashed"), key=lambda r: r["lr"])
-        init = summaries[name]["init_loss"]
-        xs = [r["lr"] for r in runs]
-        ys = [init if r["status"] == "diverged" else min(r["final_val_loss"], init or math.inf) for r in runs]
-        sensitivity = _cell(summaries[name]["lr_sensitivity"], "{:.3f}")
-        line, = ax.plot(xs, ys, marker="o", label=f"{name} (LR sensitivity {sensitivity})")
-        diverged = [(r["lr"], init) for r in runs if r["status"] == "diverged"]
-        if diverged:
-            ax.plot(*zip(*diverged), "x", ms=10, mew=2, color=line.get_color())
-    inits = [s["init_loss"] for s in summaries.values() if s["init_loss"] is not None]
-    if inits:
-        ax.axhline(np.mean(inits), color="gray", ls=":", label="loss at init (x: diverged)")
-    ax.set(xscale="log", xlabel="peak learning rate", ylabel="final val loss (capped at init)",
-           title="final loss vs learning rate")
-    ax.legend(fontsize=8)
-    fig.suptitle(textwrap.fill(title, 110), fontsize=7)
-    fig.savefig(path, dpi=90)
-    return path
-
-
-def plot_highest_lr(path, run_dirs, lr, title):
-    """Loss, gradient norm and max attention logit over training at the highest LR, one line per variant."""
-    fig = analyze.new_figure(14, 4)
-    ax_loss, ax_norm, ax_logit = fig.subplots(1, 3)
-    for name, run_dir in run_dirs.items():
-        metrics = compare.read_metrics(run_dir)
-        if not metrics["steps"]:
-            continue
-        color = compare.plot_training(ax_loss, ax_norm, name, metrics)
-        logits = [(r["step"], r["max_attn_logit"]) for r in metrics["evals"] if r.get("max_attn_logit") is not None]
-        if logits:
-            ax_logit.plot(*zip(*logits), marker="o", color=color, label=name)
-        if metrics["diverged"]:
-            ax_loss.axvline(metrics["diverged"]["step"], color=color, ls="--", lw=0.8)
-    ax_loss.set(xlabel="step", ylabel="loss", title=f"loss at lr {lr:g} (dashed: diverged)")
-    ax_norm.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm")
-    ax_logit.set(xlabel="step", ylabel="max attention logit", yscale="log", title="attention-logit growth")
-    ax_loss.legend()
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
 
 
 # ---------------------------------------------------------------------------
@@ -305,10 +258,10 @@ def run_sweep(runs, shared, names, lrs, sweep_cfg):
     (out_dir / "summary.json").write_text(json.dumps({"settings": shared, "lrs": lrs, "variants": summaries},
                                                      indent=1) + "\n")
     print(f"\n{table}\nresults: {results_path}, {out_dir / 'summary.md'}, {out_dir / 'summary.json'}")
-    if analyze.has_matplotlib():
-        top = {name: out_dir / name / f"lr_{lrs[-1]:g}" for name in names}
-        print(f"figures: {plot_loss_vs_lr(out_dir / 'loss_vs_lr.png', by_variant, summaries, title)}, "
-              f"{plot_highest_lr(out_dir / 'highest_lr.png', top, lrs[-1], title)}")
+    if plots.has_matplotlib():
+        top = {name: compare.read_metrics(out_dir / name / f"lr_{lrs[-1]:g}") for name in names}
+        print(f"figures: {plots.plot_loss_vs_lr(out_dir / 'loss_vs_lr.png', by_variant, summaries, title)}, "
+              f"{plots.plot_highest_lr(out_dir / 'highest_lr.png', top, lrs[-1], title)}")
     return summaries
 
 

@@ -9,6 +9,7 @@ import torch
 
 from lab import analyze
 from lab import metrics
+from lab import plots
 import prepare_data
 import train
 from model import GPTConfig
@@ -115,7 +116,7 @@ def test_cli_prints_a_table_and_writes_report_and_figures(runs, tmp_path, capsys
     assert "BOS attn" not in out  # this dataset has no BOS token
     for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, module, None)  # as if matplotlib were not installed
-    assert analyze.plot_figures(results, tmp_path / "no_figures", layer=1) == []
+    assert plots.plot_figures(results, tmp_path / "no_figures", layer=1) == []
     assert "figures skipped: pip install matplotlib" in capsys.readouterr().out
     assert not (tmp_path / "no_figures").exists()
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lab import compare
+from lab import plots
 import prepare_data
 import train
 from configurable import ConfigError, parse_args
@@ -92,8 +93,8 @@ def test_training_stats_from_a_synthetic_run(tmp_path):
 
 def test_uniform_first_token_attention():
     # Evenly spread causal attention: H_T / T, what an untrained model shows as F-Attn.
-    assert compare.uniform_first_token_attention(1) == 1.0
-    assert compare.uniform_first_token_attention(64) == pytest.approx(0.0741, abs=1e-4)
+    assert plots.uniform_first_token_attention(1) == 1.0
+    assert plots.uniform_first_token_attention(64) == pytest.approx(0.0741, abs=1e-4)
 
 
 def test_compare_end_to_end(data_dir, tmp_path, monkeypatch, capsys):
@@ -186,7 +187,7 @@ def test_emergence_figure_of_a_plain_model_alone_draws_without_warnings(tmp_path
                 "gate_dormant": None, "gate_active": None} for step in (0, 100)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        path = compare.plot_emergence(tmp_path / "emergence.png", {"none": {"evals": records}}, "plain only")
+        path = plots.plot_emergence(tmp_path / "emergence.png", {"none": {"evals": records}}, "plain only")
     assert path.stat().st_size > 0
 
 
