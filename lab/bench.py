@@ -69,6 +69,7 @@ import torch
 import prepare_data
 from lab.compare import json_lines
 from lab.corpus import split_blocks
+from lab.plots import plural
 import train
 from configurable import ConfigError, opt, parse_args, run_main
 from model import CHOICES, GPTConfig
@@ -835,7 +836,7 @@ def main(argv=None):
             gate_rows = [variant(g, "default") for g in split(bench_cfg.variants)]
         if "train" in tables:
             train_rows = list(dict.fromkeys(variant(model_cfg.gate, p) for p in split(bench_cfg.paths)))
-        header = [f"bench: preset {preset}: {model_cfg.n_layer} layers, {model_cfg.n_head} heads, "
+        header = [f"bench: preset {preset}: {plural(model_cfg.n_layer, 'layer')}, {plural(model_cfg.n_head, 'head')}, "
                   f"{model_cfg.n_embd} dim, context {model_cfg.block_size}, batch {train_cfg.batch_size}"
                   f"{' x ' + str(train_cfg.grad_accum_steps) if train_cfg.grad_accum_steps > 1 else ''}, "
                   f"vocab {model_cfg.vocab_size}",

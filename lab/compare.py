@@ -302,8 +302,9 @@ def describe_settings(settings, lr_text=None):
     s = {**settings, **resolved_runtime(settings)}
     tokens = s["max_iters"] * s["batch_size"] * s["block_size"] * s["grad_accum_steps"]
     lr_text = lr_text or f"lr {s['learning_rate']:g} (cosine to {s['min_lr']:g})"
-    return (f"dataset {s['dataset']}, {s['n_layer']} layers x {s['n_embd']} wide, {s['n_head']} heads, "
-            f"context {s['block_size']}, batch {s['batch_size']}x{s['grad_accum_steps']}, {s['max_iters']} steps "
+    return (f"dataset {s['dataset']}, {plots.plural(s['n_layer'], 'layer')} x {s['n_embd']} wide, "
+            f"{plots.plural(s['n_head'], 'head')}, context {s['block_size']}, batch {s['batch_size']}x"
+            f"{s['grad_accum_steps']}, {plots.plural(s['max_iters'], 'step')} "
             f"({tokens / 1e6:.2f}M tokens), {lr_text}, warm-up {s['warmup_iters']}, weight decay "
             f"{s['weight_decay']:g}, grad clip {s['grad_clip']:g}, dropout {s['dropout']:g}, seed {s['seed']}, "
             f"device {s['device']}, dtype {s['dtype']}, compile {s['compile']}")

@@ -22,6 +22,12 @@ import numpy as np
 # Figures, and whether matplotlib is there
 # ---------------------------------------------------------------------------
 
+# Readable at the saved size: every figure is written at DPI dots per inch, with no text
+# smaller than LEGEND_SIZE points (matplotlib's default text is 10 points).
+DPI = 100
+SUBTITLE_SIZE = 9  # the settings line above the panels
+LEGEND_SIZE = 8
+
 
 def new_figure(width, height):
     """A matplotlib Figure drawn off-screen (no pyplot state), or None without matplotlib."""
@@ -41,6 +47,49 @@ def has_matplotlib():
         print("figures skipped: pip install matplotlib")
         return False
     return True
+
+
+def plural(n, word):
+    """'1 head', '4 heads'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def wrapped(text, inches, size):
+    """`text` broken into lines that fit `inches` at a font of `size` points (a character is
+    about 0.6 of the size wide), so that a title wider than its figure is not cut off."""
+    return textwrap.fill(text, max(20, int(inches * 72 / (0.6 * size))))
+
+
+def subtitle(fig, text):
+    """The settings line above the panels, wrapped to the figure's width; the figure grows by its
+    extra lines, so that the panels keep their size."""
+    text = wrapped(text, fig.get_figwidth(), SUBTITLE_SIZE)
+    fig.set_figheight(fig.get_figheight() + text.count("\n") * 1.3 * SUBTITLE_SIZE / 72)
+    fig.suptitle(text, fontsize=SUBTITLE_SIZE)
+
+
+def plain_log_ticks(fig):
+    """Label every log-scale axis of `fig` with plain numbers (3, 0.001, 1e+04: '%g') instead of
+    matplotlib's 3x10^0, on the same ticks matplotlib would label. Axes with fixed labels are left alone."""
+    from matplotlib.ticker import FixedFormatter, LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x, pos=None):
+            return super().__call__(x, pos) and f"{x:g}"  # '' where matplotlib leaves a tick unlabelled
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log" and not isinstance(axis.get_major_formatter(), FixedFormatter):
+                base = axis.get_transform().base
+                axis.set_major_formatter(PlainLogFormatter(base))
+                axis.set_minor_formatter(PlainLogFormatter(base, labelOnlyBase=False))
+
+
+def save(fig, path):
+    """Write `fig` to `path` (plain numbers on log axes, at DPI); returns the path."""
+    plain_log_ticks(fig)
+    fig.savefig(path, dpi=DPI)
+    return path
 
 
 # ---------------------------------------------------------------------------
@@ -63,8 +112,7 @@ def plot_figures(results, fig_dir, layer):
     for filename, draw in figures.items():
         fig = new_figure(4 + 3 * len(names), 4)
         if draw(fig, names, results):
-            fig.savefig(fig_dir / filename, dpi=120)
-            written.append(fig_dir / filename)
+            written.append(save(fig, fig_dir / filename))
     return written
 
 
@@ -79,7 +127,8 @@ def _plot_first_token_attention(fig, names, results):
         for (layer, head), value in np.ndenumerate(alpha):  # the numbers, as small ones barely show in colour
             ax.text(head, layer, f"{value:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if value < top / 2 else "black")
-        ax.set(title=f"{name}\nF-Attn {r['f_attn']:.2f}, Sink_1 {r['sink_1']:.0f}%", xlabel="head", ylabel="layer",
+        ax.set(title=f"{wrapped(name, 3, 12)}\nF-Attn {r['f_attn']:.2f}, Sink_1 {r['sink_1']:.0f}%", xlabel="head",
+               ylabel="layer",
                xticks=range(alpha.shape[1]), yticks=range(alpha.shape[0]))
     fig.colorbar(image, ax=list(axes), label="attention on token 0 (alpha_1)")
     return True
@@ -125,10 +174,11 @@ def _plot_maps(fig, names, results):
                 continue
             # The square root spreads out the small probabilities next to a sink.
             image = ax.imshow(np.sqrt(per_head[head]), vmin=0, vmax=1)
-            ax.set_title(f"{name}\nhead {head}" if head == 0 else f"head {head}", fontsize=8)
-            ax.set_xlabel("key position", fontsize=7)
-            ax.set_ylabel("query position", fontsize=7)
-            ax.tick_params(labelsize=6)
+            ax.set_title(f"{wrapped(name, 2, LEGEND_SIZE)}\nhead {head}" if head == 0 else f"head {head}",
+                         fontsize=LEGEND_SIZE)
+            ax.set_xlabel("key position", fontsize=LEGEND_SIZE)
+            ax.set_ylabel("query position", fontsize=LEGEND_SIZE)
+            ax.tick_params(labelsize=LEGEND_SIZE)
     fig.colorbar(image, ax=axes.ravel().tolist(), label="sqrt(attention probability)")
     fig.suptitle(f"layer {results[names[0]]['attn_map']['layer']}, mean over sequences")
     return True
@@ -165,7 +215,8 @@ def _plot_bos_classes(fig, names, results):
                 ax.bar(x, values, width, label=f"{name}: {label}", color=f"C{2 * m + c}")
         ax.set(xlabel="layer", ylabel=ylabel, title=title)
         ax.set_xticks(layers)
-        ax.legend(fontsize=6)
+        ax.set_ylim(0, ax.get_ylim()[1] * (1.2 + 0.1 * len(names)))  # room for the legend above the bars
+        ax.legend(fontsize=LEGEND_SIZE, loc="upper left")
     return True
 
 
@@ -208,10 +259,9 @@ def plot_losses(path, metrics_by_name, title):
         ax_loss.set_ylim(min(tails) - 0.1, max(tails) + 0.3)
     ax_loss.set(xlabel="step", ylabel="loss", title="train loss (smoothed) and val loss (dots)")
     ax_norm.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm")
-    ax_loss.legend()
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
+    ax_loss.legend(fontsize=LEGEND_SIZE)
+    subtitle(fig, title)
+    return save(fig, path)
 
 
 def uniform_first_token_attention(seq_len):
@@ -227,7 +277,7 @@ def plot_emergence(path, metrics_by_name, title):
     layers = max((len(r["bos_attn_dormant"]) for records in evals.values() for r in records
                   if "bos_attn_dormant" in r), default=0)
     panels = [("f_attn", None)] + [(kind, layer) for kind in ("bos_attn", "gate") for layer in range(layers)]
-    fig = new_figure(3.3 * len(panels), 3.4)
+    fig = new_figure(max(6.0, 3.3 * len(panels)), 3.4)  # wide enough for the settings line in a few lines
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for m, (name, records) in enumerate(evals.items()):
         steps = [r["step"] for r in records]
@@ -245,10 +295,9 @@ def plot_emergence(path, metrics_by_name, title):
     for ax in axes:
         ax.set(xlabel="step", ylim=(0, 1))
         if ax.get_legend_handles_labels()[0]:  # a gate panel is empty when no model has a gate
-            ax.legend(fontsize=6)
-    fig.suptitle(textwrap.fill(title + ("" if classes else "; no query classes in this dataset"), 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
+            ax.legend(fontsize=LEGEND_SIZE)
+    subtitle(fig, title + ("" if classes else "; no query classes in this dataset"))
+    return save(fig, path)
 
 
 def plot_bos_classes(path, results, title):
@@ -256,9 +305,8 @@ def plot_bos_classes(path, results, title):
     fig = new_figure(12, 3.4)
     if not _plot_bos_classes(fig, list(results), results):
         return None
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
+    subtitle(fig, title)
+    return save(fig, path)
 
 
 def plot_layers(path, results, seq_len, title):
@@ -282,10 +330,9 @@ def plot_layers(path, results, seq_len, title):
     for ax in axes:
         ax.set(xlabel="layer")
         ax.set_xticks(list(layers))
-    axes[0].legend()
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
+    axes[0].legend(fontsize=LEGEND_SIZE)
+    subtitle(fig, title)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -313,10 +360,9 @@ def plot_loss_vs_lr(path, records_by_variant, summaries, title):
         ax.axhline(np.mean(inits), color="gray", ls=":", label="loss at init (x: diverged)")
     ax.set(xscale="log", xlabel="peak learning rate", ylabel="final val loss (capped at init)",
            title="final loss vs learning rate")
-    ax.legend(fontsize=8)
-    fig.suptitle(textwrap.fill(title, 110), fontsize=7)
-    fig.savefig(path, dpi=90)
-    return path
+    ax.legend(fontsize=LEGEND_SIZE)
+    subtitle(fig, title)
+    return save(fig, path)
 
 
 def plot_highest_lr(path, metrics_by_name, lr, title):
@@ -336,10 +382,9 @@ def plot_highest_lr(path, metrics_by_name, lr, title):
     ax_loss.set(xlabel="step", ylabel="loss", title=f"loss at lr {lr:g} (dashed: diverged)")
     ax_norm.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log", title="gradient norm")
     ax_logit.set(xlabel="step", ylabel="max attention logit", yscale="log", title="attention-logit growth")
-    ax_loss.legend()
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.savefig(path, dpi=90)
-    return path
+    ax_loss.legend(fontsize=LEGEND_SIZE)
+    subtitle(fig, title)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -371,8 +416,7 @@ def plot_extension(path, groups, multiples, methods):
         axes[1, col].set(xlabel="position", ylabel="loss (mean of 16 positions)", ylim=(None, ymax),
                          title=f"{name}: loss by position at {longest}x")
         axes[0, col].legend()
-    fig.savefig(path, dpi=90)
-    return path
+    return save(fig, path)
 
 
 def plot_sinks(path, groups):
@@ -388,5 +432,4 @@ def plot_sinks(path, groups):
         ax.set(xlabel="position", ylabel="loss (mean of 4 positions)",
                title=f"{name}: window of {s['window']} tokens")
         ax.legend()
-    fig.savefig(path, dpi=90)
-    return path
+    return save(fig, path)

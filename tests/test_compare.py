@@ -201,3 +201,12 @@ def test_run_histories_that_are_damaged_are_one_line(tmp_path):
             compare.read_metrics(tmp_path)
         assert str(err.value).startswith(f"{path} line 2 is not a JSON record") and "\n" not in str(err.value)
     assert compare.json_lines(tmp_path / "missing.jsonl") == []
+
+
+def test_the_settings_line_counts_in_the_singular(data_dir):
+    # One layer and one head: "1 layer", "1 head", never "1 heads".
+    model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], tiny(data_dir, "unused", "--n_head=1", "--n_embd=8"))
+    line = compare.describe_settings(compare.shared_settings(model_cfg, train_cfg))
+    assert "1 layer x 8 wide, 1 head, " in line and "10 steps" in line
+    model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], tiny(data_dir, "unused"))
+    assert "1 layer x 16 wide, 2 heads, " in compare.describe_settings(compare.shared_settings(model_cfg, train_cfg))
