@@ -49,13 +49,14 @@ def sequences(folder, split, num_sequences, seq_len, batch_size, runtime, seed, 
 
 
 def analyze_checkpoint(path, split="val", num_sequences=64, seq_len=64, eps=0.3, batch_size=16,
-                       device="cpu", seed=0, layer=None, data=""):
+                       device="cpu", seed=0, layer=None, data="", threads=0):
     """`metrics.model_stats` of a checkpoint (or nanoGPT's, or GPT-2's weights: see
     pretrained.load_model) on sequences from `data`, a prepared dataset folder ('': the
     checkpoint's own; windows start at a BOS if the run trained so), plus the loss on them (key
-    f"{split}_loss"), the functional tests' loss changes, "params", "step" and the stored "config"."""
+    f"{split}_loss"), the functional tests' loss changes, "params", "step" and the stored "config".
+    Measured in float32 on `device`, with `threads` CPU threads (0: PyTorch's choice)."""
     check_settings(split, num_sequences, seq_len, batch_size, eps)
-    runtime = train.setup_runtime(device, "float32")
+    runtime = train.setup_runtime(device, "float32", threads)
     model, tokenizer, info = pretrained.load_model(path, runtime.device)
     block_size, n_layer = model.config.block_size, model.config.n_layer
     if seq_len > block_size:
@@ -191,10 +192,13 @@ class AnalyzeConfig:
     report: str = opt("runs/analyze/analysis.json", "JSON report to write ('' for none)")
     fig_dir: str = opt("runs/analyze/figures", "folder for the figures ('' for none)")
     device: str = opt("cpu", "auto | cpu | cuda | cuda:N | mps")
+    threads: int = opt(0, "CPU threads for PyTorch (0: PyTorch's choice; 1 on a busy machine); the "
+                          "measurements are in float32 whatever the device")
     seed: int = opt(0, "seed for choosing the sequences")
 
     def __post_init__(self):
         check_settings(self.split, self.num_sequences, self.seq_len, self.batch_size, self.eps)
+        train.check_runtime_settings(self.device, "float32", self.threads)
         if not self.checkpoint_paths():
             raise ConfigError("no checkpoints: give --checkpoints=out-a/ckpt.pt,out-b/ckpt.pt")
 
@@ -207,7 +211,7 @@ def main(argv=None):
     """Analyse every checkpoint; returns {checkpoint: results}."""
     (cfg,) = parse_args([AnalyzeConfig], argv, prog="-m lab.analyze", description=__doc__)
     results = {str(path): analyze_checkpoint(path, cfg.split, cfg.num_sequences, cfg.seq_len, cfg.eps,
-                                             cfg.batch_size, cfg.device, cfg.seed, cfg.layer, cfg.data)
+                                             cfg.batch_size, cfg.device, cfg.seed, cfg.layer, cfg.data, cfg.threads)
                for path in cfg.checkpoint_paths()}
     print(format_table(results, cfg.split, cfg.num_sequences))
     if cfg.report:

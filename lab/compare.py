@@ -247,7 +247,8 @@ def run_results(run_dir, settings):
     context is shorter), since Sink_1 falls as T grows (Gu et al. 2024).
     """
     stats = analyze.analyze_checkpoint(Path(run_dir) / "ckpt.pt", "val", ANALYSIS_SEQUENCES,
-                                       min(64, settings["block_size"]), device=settings["device"])
+                                       min(64, settings["block_size"]), device=settings["device"],
+                                       threads=settings["threads"])
     del stats["val_loss"]  # on the analysis sequences; the table reports train.py's evaluation instead
     stats.update(training_stats(read_metrics(run_dir), settings["spike_window"]))
     return stats

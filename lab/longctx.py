@@ -216,7 +216,7 @@ def checkpoint_paths(cfg, model_cfg, train_cfg):
     """The checkpoints to evaluate, training them first when none are given."""
     if cfg.checkpoints:
         changed = {k for k, v in to_dict(model_cfg, train_cfg).items() if v != to_dict(GPTConfig(), TrainConfig())[k]}
-        if changed - {"device", "out_dir"}:
+        if changed - {"device", "threads", "out_dir"}:  # the runtime keys apply to the evaluation too
             raise ConfigError("training settings have no effect with --checkpoints: drop them, or drop "
                               "--checkpoints to train the runs first")
         paths = [Path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
@@ -373,7 +373,7 @@ def main(argv=None):
     cfg, model_cfg, train_cfg = parse_args([LongCtxConfig, GPTConfig, TrainConfig], argv, prog="-m lab.longctx",
                                            description=__doc__)
     paths = checkpoint_paths(cfg, model_cfg, train_cfg)
-    runtime = train.setup_runtime(train_cfg.device, "float32")
+    runtime = train.setup_runtime(train_cfg.device, "float32", train_cfg.threads)
     start = time.perf_counter()
     results = {str(path): evaluate_checkpoint(path, cfg, runtime) for path in paths}
     print(f"evaluated {len(paths)} checkpoint(s) in {time.perf_counter() - start:.0f} s")

@@ -129,3 +129,16 @@ def test_by_default_the_report_and_figures_go_under_runs_analyze(runs, tmp_path,
     if importlib.util.find_spec("matplotlib"):
         assert "figure: runs/analyze/figures/first_token_attention.png" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_runtime_keys_as_every_script_takes_them(runs, monkeypatch, capsys):
+    threads = []
+    setup = train.setup_runtime
+    monkeypatch.setattr(train, "setup_runtime", lambda device, dtype, n=0: threads.append(n) or setup(device, dtype, 0))
+    analyze.main([f"--checkpoints={runs['none']}", "--num_sequences=4", "--seq_len=16", "--threads=1",
+                  "--device=cpu", "--report=", "--fig_dir="])
+    assert threads == [1]
+    with pytest.raises(ConfigError, match="threads=-1 cannot be negative"):
+        analyze.main([f"--checkpoints={runs['none']}", "--threads=-1"])
+    with pytest.raises(ConfigError, match="bad value 'gpu' for 'device'"):
+        analyze.main([f"--checkpoints={runs['none']}", "--device=gpu"])

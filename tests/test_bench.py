@@ -58,6 +58,11 @@ def test_bench_single_table_and_presets(tmp_path, capsys):
         bench.load_configs(["--tables=train,speed"])
 
 
+def test_bench_takes_the_runtime_keys():
+    _, train_cfg, _, _ = bench.load_configs(["--threads=1", "--device=cpu", "--dtype=float32"])
+    assert (train_cfg.threads, train_cfg.device, train_cfg.dtype) == (1, "cpu", "float32")
+
+
 def test_speedrun_times_two_training_runs(tmp_path, capsys):
     source = tmp_path / "text.txt"
     source.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 200)

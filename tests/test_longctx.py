@@ -272,6 +272,17 @@ def test_learned_positions_and_bad_settings_are_refused(rope_runs, data_dir, tmp
         longctx.main([f"--checkpoints={out}/none-seed1337", f"--out_dir={tmp_path}/eval", "--window=2"])
 
 
+def test_evaluating_checkpoints_takes_the_runtime_keys(rope_runs, tmp_path, monkeypatch):
+    out, _ = rope_runs
+    threads = []
+    setup = train.setup_runtime
+    monkeypatch.setattr(train, "setup_runtime", lambda device, dtype, n=0: threads.append(n) or setup(device, dtype, 0))
+    results = longctx.main([f"--checkpoints={out}/none-seed1337", f"--out_dir={tmp_path}/eval", "--threads=1",
+                            "--device=cpu", "--multiples=1", "--methods=none", "--num_windows=2", "--window=6",
+                            "--sink_tokens=2"])
+    assert len(results) == 1 and threads == [1]
+
+
 def test_rope_model_samples_past_block_size_with_scaling(rope_runs, capsys):
     out, _ = rope_runs
     common = [f"--out_dir={out}/elementwise-seed1337", "--max_new_tokens=70", "--num_samples=1", "--device=cpu",
