@@ -67,7 +67,7 @@ import numpy as np
 import torch
 
 import prepare_data
-from lab.compare import json_lines
+from lab.runs import json_lines
 from lab.corpus import split_blocks
 from lab.plots import plural
 import train

@@ -4,7 +4,7 @@
     python -m lab.longctx --checkpoints=out-gated,out-plain         # evaluate existing RoPE runs only
     python -m lab.longctx --checkpoints=out --multiples=1,2,4 --methods=none,yarn --num_windows=256
 
-Without --checkpoints it first trains --variants x --seeds as compare.py does
+Without --checkpoints it first trains --variants x --seeds as lab.compare does
 (any train.py key applies to every run; finished runs are reused), each in
 out_dir/VARIANT-seedN. Nothing is trained for the evaluation itself:
 
@@ -33,8 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lab import analyze
-from lab import compare
+from lab import analyze, runs
 from lab import metrics
 from lab import plots
 import prepare_data
@@ -195,7 +194,7 @@ def evaluate_checkpoint(path, cfg, runtime):
 
 
 # ---------------------------------------------------------------------------
-# Runs: the checkpoints given, or variants x seeds trained as compare.py trains them
+# Runs: the checkpoints given, or variants x seeds trained as lab.compare trains them
 # ---------------------------------------------------------------------------
 
 
@@ -204,12 +203,12 @@ def training_runs(cfg, model_cfg, train_cfg):
     if model_cfg.pos_emb != "rope":
         raise ConfigError("context extension needs RoPE: add --pos_emb=rope (configs/longctx_cpu.toml sets it)")
     sink_window(cfg, model_cfg.block_size)
-    shared = compare.shared_settings(model_cfg, train_cfg)
-    runs = {}
-    for name in compare.parse_variants(cfg.variants):
+    shared = runs.shared_settings(model_cfg, train_cfg)
+    planned = {}
+    for name in runs.parse_variants(cfg.variants):
         for seed in range(train_cfg.seed, train_cfg.seed + cfg.seeds):
-            runs[Path(cfg.out_dir) / f"{name}-seed{seed}"] = {**compare.run_settings(shared, name), "seed": seed}
-    return runs
+            planned[Path(cfg.out_dir) / f"{name}-seed{seed}"] = {**runs.run_settings(shared, name), "seed": seed}
+    return planned
 
 
 def checkpoint_paths(cfg, model_cfg, train_cfg):
@@ -221,13 +220,13 @@ def checkpoint_paths(cfg, model_cfg, train_cfg):
                               "--checkpoints to train the runs first")
         paths = [Path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
         return [p if p.suffix == ".pt" else p / "ckpt.pt" for p in paths]
-    runs = training_runs(cfg, model_cfg, train_cfg)
-    compare.check_runs(runs.values())
-    for run_dir, settings in runs.items():
+    planned = training_runs(cfg, model_cfg, train_cfg)
+    runs.check_runs(planned.values())
+    for run_dir, settings in planned.items():
         start = time.perf_counter()
-        how = compare.run_variant(settings, run_dir, cfg.fresh)
+        how = runs.run_variant(settings, run_dir, cfg.fresh)
         print(f"{run_dir}: {how} ({time.perf_counter() - start:.0f} s)", flush=True)
-    return [run_dir / "ckpt.pt" for run_dir in runs]
+    return [run_dir / "ckpt.pt" for run_dir in planned]
 
 
 def model_name(path):
@@ -262,8 +261,8 @@ def extension_table(groups, cfg):
     lines = ["| scaling | model | " + " | ".join(f"{m}x ({m * block})" for m in multiples) + " |",
              "|---|---|" + "---:|" * len(multiples)]
     for method in cfg.method_list():
-        for name, runs in groups.items():
-            cells = [spread([r["extension"][method]["loss"][m] for r in runs]) for m in multiples]
+        for name, group in groups.items():
+            cells = [spread([r["extension"][method]["loss"][m] for r in group]) for m in multiples]
             lines.append(f"| {method} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -272,9 +271,9 @@ def scaling_cost_table(groups, cfg):
     """What each method costs at the trained length: its 1x loss minus the unscaled model's, per seed."""
     methods = [m for m in cfg.method_list() if m != "none"]
     lines = ["| model | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
-    for name, runs in groups.items():
-        base = [r["extension"]["none"]["loss"][1] for r in runs]
-        cells = [spread([r["extension"][m]["loss"][1] - b for r, b in zip(runs, base)], "{:+.3f}") for m in methods]
+    for name, group in groups.items():
+        base = [r["extension"]["none"]["loss"][1] for r in group]
+        cells = [spread([r["extension"][m]["loss"][1] - b for r, b in zip(group, base)], "{:+.3f}") for m in methods]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -283,10 +282,10 @@ def sink_table(groups):
     first = next(iter(groups.values()))[0]["sinks"]
     names = list(first["loss_after_window"])
     lines = ["| model | F-Attn | Sink_1 (%) | " + " | ".join(names) + " |", "|---|---:|---:|" + "---:|" * len(names)]
-    for name, runs in groups.items():
-        cells = [spread([r["sinks"][key] for r in runs], fmt) for key, fmt in (("f_attn", "{:.3f}"),
+    for name, group in groups.items():
+        cells = [spread([r["sinks"][key] for r in group], fmt) for key, fmt in (("f_attn", "{:.3f}"),
                                                                                ("sink_1", "{:.1f}"))]
-        cells += [spread([r["sinks"]["loss_after_window"][n] for r in runs]) for n in names]
+        cells += [spread([r["sinks"]["loss_after_window"][n] for r in group]) for n in names]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -295,8 +294,8 @@ def describe(groups, cfg):
     """What the numbers are measured on, in words."""
     r = next(iter(groups.values()))[0]
     s, yarn = r["sinks"], r["yarn_regimes"]
-    seeds = ", ".join(f"{name} {len(runs)}" for name, runs in groups.items())
-    pooling = (f"mean ± sd over seeds ({seeds})" if any(len(runs) > 1 for runs in groups.values())
+    seeds = ", ".join(f"{name} {len(group)}" for name, group in groups.items())
+    pooling = (f"mean ± sd over seeds ({seeds})" if any(len(group) > 1 for group in groups.values())
                else "one checkpoint per model")
     return (f"Val loss on {r['windows']} val windows of {r['window_tokens']} tokens"
             f"{' (overlapping: the split is short)' if r['windows_overlap'] else ''}, cut to each length; "
@@ -331,7 +330,7 @@ def report(groups, cfg):
 class LongCtxConfig:
     checkpoints: str = opt("", "run folders or ckpt.pt files to evaluate, comma-separated (empty: train "
                                "--variants x --seeds first)")
-    variants: str = opt("none,elementwise", "without --checkpoints: compare.py's variants to train")
+    variants: str = opt("none,elementwise", "without --checkpoints: lab.compare's variants to train")
     seeds: int = opt(3, "without --checkpoints: seeds per variant (seed, seed + 1, ...)")
     out_dir: str = opt("runs/longctx", "folder for the runs, the tables and the figures")
     fresh: bool = opt(False, "retrain every run instead of reusing finished ones")

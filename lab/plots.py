@@ -367,7 +367,7 @@ def plot_loss_vs_lr(path, records_by_variant, summaries, title):
 
 def plot_highest_lr(path, metrics_by_name, lr, title):
     """Loss, gradient norm and max attention logit over training at the highest LR, one line per variant
-    (`metrics_by_name`: each run's metrics, as lab.compare.read_metrics gives them)."""
+    (`metrics_by_name`: each run's metrics, as lab.runs.read_metrics gives them)."""
     fig = new_figure(14, 4)
     ax_loss, ax_norm, ax_logit = fig.subplots(1, 3)
     for name, metrics in metrics_by_name.items():

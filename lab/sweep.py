@@ -5,7 +5,7 @@
     python -m lab.sweep --variants=none,elementwise --max_iters=1000 --n_layer=6 --out_dir=runs/sweep-long
 
 Each (variant, learning rate) pair is one run in out_dir/VARIANT/lr_LR, trained
-as compare.py trains (same seed, data order and settings; min_lr is
+as lab.compare trains (same seed, data order and settings; min_lr is
 learning_rate * min_lr_ratio). Each run appends one JSON line to
 out_dir/results.jsonl: its status (finished, diverged or crashed), the val loss
 at initialisation, at the end and at best, loss and grad-norm spike scores, the
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab import compare
+from lab import runs
 from lab import plots
 import prepare_data
 import train
@@ -53,7 +53,7 @@ PER_RUN_KEYS = ("learning_rate", "min_lr")
 
 @dataclass
 class SweepConfig:
-    variants: str = opt("none,elementwise,headwise,qk_norm", "comma-separated variants (as in compare.py)")
+    variants: str = opt("none,elementwise,headwise,qk_norm", "comma-separated variants (as in lab.compare)")
     lr_min: float = opt(1e-3, "smallest learning rate of the grid")
     lr_max: float = opt(0.32, "largest learning rate of the grid")
     lr_points: int = opt(6, "learning rates, log-spaced from lr_min to lr_max (rounded to 2 digits)")
@@ -90,14 +90,14 @@ def sweep_run(name, lr, settings, run_dir):
     start = time.perf_counter()
     record = {"variant": name, "lr": lr, "run_dir": str(run_dir)}
     try:
-        compare.run_variant(settings, run_dir)
+        runs.run_variant(settings, run_dir)
     except ConfigError:
         raise  # a settings error is no property of the learning rate: it stops the sweep
     except Exception as e:  # noqa: BLE001 - any failure of one run is recorded; Ctrl-C still stops the sweep
         traceback.print_exc()
         return {**record, "status": "crashed", "error": f"{type(e).__name__}: {e}",
                 "wall_s": time.perf_counter() - start}
-    stats = compare.training_stats(compare.read_metrics(run_dir), settings["spike_window"])
+    stats = runs.training_stats(runs.read_metrics(run_dir), settings["spike_window"])
     logits = [value for _, value in stats["max_attn_logit_curve"]]
     return {**record, "status": "diverged" if stats["diverged_at"] is not None else "finished", **stats,
             "max_attn_logit": max(logits, default=None), "wall_s": time.perf_counter() - start}
@@ -113,7 +113,7 @@ def outcome(record):
 
 def load_results(path):
     """The latest record of each (variant, lr) in results.jsonl."""
-    return {(record["variant"], lr_key(record["lr"])): record for record in compare.json_lines(path)}
+    return {(record["variant"], lr_key(record["lr"])): record for record in runs.json_lines(path)}
 
 
 def append_result(path, record):
@@ -129,7 +129,7 @@ def check_sweep_settings(path, settings):
             stored = json.loads(path.read_text())
         except (ValueError, RecursionError):
             raise ConfigError(f"{path} is not the JSON this sweep wrote: delete that folder to start over") from None
-        differ = compare.settings_differ(settings, stored)
+        differ = runs.settings_differ(settings, stored)
         if differ:
             raise ConfigError(f"{path.parent} holds a sweep with other settings ({'; '.join(differ[:3])}): "
                               "choose another --out_dir, or delete that folder to start over")
@@ -169,17 +169,17 @@ def summarize(records, stable_within):
     The loss at initialisation is measured at step 0; it is the same for every LR
     (same seed, same initial weights, same evaluation batches).
     """
-    runs = sorted((r for r in records if r["status"] != "crashed"), key=lambda r: r["lr"])
-    summary = {"runs": len(runs), "diverged": sum(r["status"] == "diverged" for r in runs),
-               "crashed": len(records) - len(runs), "lr_sensitivity": None, "best_loss": None,
+    judged = sorted((r for r in records if r["status"] != "crashed"), key=lambda r: r["lr"])
+    summary = {"runs": len(judged), "diverged": sum(r["status"] == "diverged" for r in judged),
+               "crashed": len(records) - len(judged), "lr_sensitivity": None, "best_loss": None,
                "best_lr": None, "largest_stable_lr": None, "init_loss": None}
-    inits = [r["init_val_loss"] for r in runs if r.get("init_val_loss") is not None]
-    if not runs or not inits:
+    inits = [r["init_val_loss"] for r in judged if r.get("init_val_loss") is not None]
+    if not judged or not inits:
         return summary
     init = summary["init_loss"] = inits[0]
-    losses = [final_loss(r) for r in runs]
+    losses = [final_loss(r) for r in judged]
     summary["lr_sensitivity"] = lr_sensitivity(losses, init)
-    finished = [(loss, r["lr"]) for loss, r in zip(losses, runs) if loss is not None]
+    finished = [(loss, r["lr"]) for loss, r in zip(losses, judged) if loss is not None]
     if finished:
         summary["best_loss"], summary["best_lr"] = min(finished)
         stable = [lr for loss, lr in finished if loss <= summary["best_loss"] * (1 + stable_within)]
@@ -217,27 +217,27 @@ def main(argv=None):
     """Run the missing runs of the grid, then summarise every variant; returns the summaries."""
     sweep_cfg, model_cfg, train_cfg = parse_args(
         [SweepConfig, GPTConfig, TrainConfig], argv, prog="-m lab.sweep",
-        description=f"{__doc__}\n{compare.variants_help()}", base=TRAIN_DEFAULTS)
-    shared = compare.shared_settings(model_cfg, train_cfg)
+        description=f"{__doc__}\n{runs.variants_help()}", base=TRAIN_DEFAULTS)
+    shared = runs.shared_settings(model_cfg, train_cfg)
     for key in PER_RUN_KEYS:
         del shared[key]
-    names = compare.parse_variants(sweep_cfg.variants)
+    names = runs.parse_variants(sweep_cfg.variants)
     lrs = lr_grid(sweep_cfg.lr_min, sweep_cfg.lr_max, sweep_cfg.lr_points)
-    runs = {(name, lr): {**compare.run_settings(shared, name), "learning_rate": lr,
+    grid = {(name, lr): {**runs.run_settings(shared, name), "learning_rate": lr,
                          "min_lr": lr * sweep_cfg.min_lr_ratio} for name in names for lr in lrs}
-    compare.check_runs(runs.values())
+    runs.check_runs(grid.values())
     with prepare_data.hold(sweep_cfg.out_dir):
-        return run_sweep(runs, shared, names, lrs, sweep_cfg)
+        return run_sweep(grid, shared, names, lrs, sweep_cfg)
 
 
-def run_sweep(runs, shared, names, lrs, sweep_cfg):
+def run_sweep(grid, shared, names, lrs, sweep_cfg):
     """Train the grid's missing runs into out_dir, then summarise every variant."""
     out_dir = Path(sweep_cfg.out_dir)
     check_sweep_settings(out_dir / "sweep.json", {**shared, "min_lr_ratio": sweep_cfg.min_lr_ratio})
-    compare.print_settings(shared, names)
+    runs.print_settings(shared, names)
     results_path = out_dir / "results.jsonl"
     done = load_results(results_path)
-    for (name, lr), settings in runs.items():
+    for (name, lr), settings in grid.items():
         previous = done.get((name, lr_key(lr)))
         if previous is not None and previous["status"] != "crashed":
             print(f"{name} lr {lr:g}: {previous['status']} earlier, skipped")
@@ -252,14 +252,14 @@ def run_sweep(runs, shared, names, lrs, sweep_cfg):
                   for name in names}
     summaries = {name: summarize(records, sweep_cfg.stable_within) for name, records in by_variant.items()}
     lr_text = (f"{len(lrs)} peak LRs {lrs[0]:g}..{lrs[-1]:g} (cosine to LR x {sweep_cfg.min_lr_ratio:g})")
-    title = compare.describe_settings(shared, lr_text)
+    title = runs.describe_settings(shared, lr_text)
     table = f"{format_summary(summaries)}\n\n{title}; stable: within {sweep_cfg.stable_within:.0%} of the best loss"
     (out_dir / "summary.md").write_text(table + "\n")
     (out_dir / "summary.json").write_text(json.dumps({"settings": shared, "lrs": lrs, "variants": summaries},
                                                      indent=1) + "\n")
     print(f"\n{table}\nresults: {results_path}, {out_dir / 'summary.md'}, {out_dir / 'summary.json'}")
     if plots.has_matplotlib():
-        top = {name: compare.read_metrics(out_dir / name / f"lr_{lrs[-1]:g}") for name in names}
+        top = {name: runs.read_metrics(out_dir / name / f"lr_{lrs[-1]:g}") for name in names}
         print(f"figures: {plots.plot_loss_vs_lr(out_dir / 'loss_vs_lr.png', by_variant, summaries, title)}, "
               f"{plots.plot_highest_lr(out_dir / 'highest_lr.png', top, lrs[-1], title)}")
     return summaries

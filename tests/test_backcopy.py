@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lab import analyze, backcopy, metrics
+from lab import analyze, backcopy, metrics, runs
 import prepare_data
 import train
 from configurable import ConfigError, parse_args, run_main
@@ -190,9 +190,9 @@ def test_the_lab_generates_the_backcopy_dataset_on_first_use(tmp_path, monkeypat
         return real(dataclasses.replace(cfg, backcopy_train_sequences=200, backcopy_val_sequences=20))
 
     monkeypatch.setattr(backcopy, "prepare", small)
-    settings = {**compare.run_settings(compare.shared_settings(*parse_args(
+    settings = {**runs.run_settings(runs.shared_settings(*parse_args(
         [GPTConfig, train.TrainConfig], [f"--data_dir={tmp_path}", "--dataset=backcopy", "--device=cpu"])), "none")}
     with pytest.raises(ConfigError, match="run python -m lab.backcopy"):
         train.prepare_run(GPTConfig(gate="none"), train.TrainConfig(data_dir=str(tmp_path), dataset="backcopy"))
-    compare.check_runs([settings, settings])
+    runs.check_runs([settings, settings])
     assert made == [str(tmp_path)] and prepare_data.is_prepared(tmp_path / "backcopy")  # once

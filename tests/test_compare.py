@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from lab import compare
+from lab import compare, runs
 from lab import plots
 import prepare_data
 import train
@@ -39,22 +39,22 @@ def count_training(monkeypatch):
 
 
 def test_variants_set_every_gate_key():
-    plain = compare.variant_settings("none")
+    plain = runs.variant_settings("none")
     assert plain["gate"] == "none" and plain["qk_norm"] is False and plain["gate_position"] == "sdpa"
-    assert compare.variant_settings("qk_norm") == {**plain, "qk_norm": True}
-    assert compare.variant_settings("elementwise+qk_norm") == {**plain, "gate": "elementwise", "qk_norm": True}
+    assert runs.variant_settings("qk_norm") == {**plain, "qk_norm": True}
+    assert runs.variant_settings("elementwise+qk_norm") == {**plain, "gate": "elementwise", "qk_norm": True}
     # An ablation alone means the paper's G1 elementwise gate with that one change.
-    assert compare.variant_settings("value") == {**plain, "gate": "elementwise", "gate_position": "value"}
-    assert compare.variant_settings("headwise+shared")["gate_heads"] == "shared"
-    assert compare.variant_settings("additive")["gate_activation"] == "silu"
-    assert compare.parse_variants(" none, headwise ,none") == ["none", "headwise"]
+    assert runs.variant_settings("value") == {**plain, "gate": "elementwise", "gate_position": "value"}
+    assert runs.variant_settings("headwise+shared")["gate_heads"] == "shared"
+    assert runs.variant_settings("additive")["gate_activation"] == "silu"
+    assert runs.parse_variants(" none, headwise ,none") == ["none", "headwise"]
 
 
 def test_variant_errors_are_one_line():
     with pytest.raises(ConfigError, match="unknown variant 'bogus': choose from none, elementwise"):
-        compare.parse_variants("none,bogus")
+        runs.parse_variants("none,bogus")
     with pytest.raises(ConfigError, match="'ns_sigmoid' sets gate_activation=ns_sigmoid"):
-        compare.variant_settings("additive+ns_sigmoid")
+        runs.variant_settings("additive+ns_sigmoid")
     with pytest.raises(ConfigError, match="variant 'none\\+value': gate_position=value has no effect"):
         compare.main(["--variants=none+value"])
     with pytest.raises(ConfigError, match="'gate' is set by each variant"):
@@ -76,7 +76,7 @@ def test_training_stats_from_a_synthetic_run(tmp_path):
              {"step": 300, "val_loss": 2.1, "max_attn_logit": 3.0}]
     resumed = [{"step": 0, "loss": 99.0, "grad_norm": 99.0, "tokens_per_s": 1.0}]  # replaced by the later record
     write_metrics(tmp_path / "metrics.jsonl", resumed + steps + evals)
-    stats = compare.training_stats(compare.read_metrics(tmp_path), spike_window=100)
+    stats = runs.training_stats(runs.read_metrics(tmp_path), spike_window=100)
     assert stats["loss_spike_score"] == pytest.approx(0.5)
     assert stats["grad_spike_score"] == 0.0
     assert stats["final_val_loss"] == 2.1 and stats["init_val_loss"] == 4.0 and stats["best_val_loss"] == 2.1
@@ -85,10 +85,10 @@ def test_training_stats_from_a_synthetic_run(tmp_path):
     assert stats["max_attn_logit_curve"] == [(0, 1.0), (300, 3.0)]
 
     write_metrics(tmp_path / "metrics.jsonl", steps[:20] + evals[:1] + [{"step": 20, "diverged": True}])
-    assert compare.training_stats(compare.read_metrics(tmp_path), 100)["diverged_at"] == 20
+    assert runs.training_stats(runs.read_metrics(tmp_path), 100)["diverged_at"] == 20
     # Resumed past the divergence (from a checkpoint before it): the run recovered.
     write_metrics(tmp_path / "metrics.jsonl", steps[:20] + [{"step": 20, "diverged": True}] + steps[15:30])
-    assert compare.read_metrics(tmp_path)["diverged"] is None
+    assert runs.read_metrics(tmp_path)["diverged"] is None
 
 
 def test_uniform_first_token_attention():
@@ -142,7 +142,7 @@ def test_compare_end_to_end(data_dir, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     compare.main(tiny(data_dir, out, "--variants=none", "--max_iters=12", "--fresh"))
     assert len(calls) == 3 and train.load_checkpoint(out / "none" / "ckpt.pt")["step"] == 12
-    assert [r["step"] for r in compare.read_metrics(out / "none")["steps"]] == list(range(12))
+    assert [r["step"] for r in runs.read_metrics(out / "none")["steps"]] == list(range(12))
     printed = capsys.readouterr().out
     assert printed.count("settings of every run:") == 1 and "config:" not in printed
 
@@ -163,14 +163,14 @@ def test_fresh_with_a_device_this_machine_lacks_deletes_nothing(data_dir, tmp_pa
 
 def test_an_interrupted_run_is_resumed_then_reused(data_dir, tmp_path, interrupted_after):
     model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], tiny(data_dir, "unused"))
-    settings = compare.run_settings(compare.shared_settings(model_cfg, train_cfg), "none")
+    settings = runs.run_settings(runs.shared_settings(model_cfg, train_cfg), "none")
     run_dir = tmp_path / "none"
     with interrupted_after(7):
-        compare.run_variant(settings, run_dir)
+        runs.run_variant(settings, run_dir)
     assert train.load_checkpoint(run_dir / "ckpt.pt")["step"] == 5
-    assert compare.run_variant(settings, run_dir) == "resumed"
+    assert runs.run_variant(settings, run_dir) == "resumed"
     assert train.load_checkpoint(run_dir / "ckpt.pt")["step"] == 10
-    assert compare.run_variant(settings, run_dir) == "reused"
+    assert runs.run_variant(settings, run_dir) == "reused"
 
 
 def test_help_lists_out_dir_once(capsys):
@@ -194,19 +194,19 @@ def test_emergence_figure_of_a_plain_model_alone_draws_without_warnings(tmp_path
 def test_run_histories_that_are_damaged_are_one_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 0, "loss": 2.0}\n{"step": 1, "lo')  # the last line, cut short by a kill
-    assert compare.json_lines(path) == [{"step": 0, "loss": 2.0}]
+    assert runs.json_lines(path) == [{"step": 0, "loss": 2.0}]
     for damage in ("[" * 200_000 + "]" * 200_000, "not json"):  # nested too deeply to read; not JSON
         path.write_text('{"step": 0, "loss": 2.0}\n' + damage + '\n{"step": 1, "loss": 1.0}\n')
         with pytest.raises(ConfigError) as err:
-            compare.read_metrics(tmp_path)
+            runs.read_metrics(tmp_path)
         assert str(err.value).startswith(f"{path} line 2 is not a JSON record") and "\n" not in str(err.value)
-    assert compare.json_lines(tmp_path / "missing.jsonl") == []
+    assert runs.json_lines(tmp_path / "missing.jsonl") == []
 
 
 def test_the_settings_line_counts_in_the_singular(data_dir):
     # One layer and one head: "1 layer", "1 head", never "1 heads".
     model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], tiny(data_dir, "unused", "--n_head=1", "--n_embd=8"))
-    line = compare.describe_settings(compare.shared_settings(model_cfg, train_cfg))
+    line = runs.describe_settings(runs.shared_settings(model_cfg, train_cfg))
     assert "1 layer x 8 wide, 1 head, " in line and "10 steps" in line
     model_cfg, train_cfg = parse_args([GPTConfig, TrainConfig], tiny(data_dir, "unused"))
-    assert "1 layer x 16 wide, 2 heads, " in compare.describe_settings(compare.shared_settings(model_cfg, train_cfg))
+    assert "1 layer x 16 wide, 2 heads, " in runs.describe_settings(runs.shared_settings(model_cfg, train_cfg))
