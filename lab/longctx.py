@@ -222,7 +222,7 @@ def checkpoint_paths(cfg, model_cfg, train_cfg):
     """The checkpoints to evaluate, training them first when none are given."""
     if cfg.checkpoints:
         changed = {k for k, v in to_dict(model_cfg, train_cfg).items() if v != to_dict(GPTConfig(), TrainConfig())[k]}
-        if changed - {"device", "out_dir"}:
+        if changed - {"device", "out_dir", "threads"}:
             raise ConfigError("training settings have no effect with --checkpoints: drop them, or drop "
                               "--checkpoints to train the runs first")
         paths = [Path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]

@@ -321,6 +321,9 @@ def test_learned_positions_and_bad_settings_are_refused(rope_runs, data_dir, tmp
         longctx.main([f"--out_dir={tmp_path}/runs"])
     with pytest.raises(ConfigError, match="no effect with --checkpoints"):
         longctx.main([f"--checkpoints={out}/none-seed1337", "--max_iters=5"])
+    settings = parse_args([longctx.LongCtxConfig, GPTConfig, train.TrainConfig],
+                          [f"--checkpoints={out}/none-seed1337", "--threads=1", "--device=cpu"])
+    assert longctx.checkpoint_paths(*settings) == [out / "none-seed1337" / "ckpt.pt"]  # runtime settings apply
     with pytest.raises(ConfigError, match="shorter than the longest evaluation.*smaller --multiples"):
         longctx.main([f"--checkpoints={out}/none-seed1337", f"--out_dir={tmp_path}/eval", "--multiples=1,4096"])
     with pytest.raises(ConfigError, match="'multiples'"):
