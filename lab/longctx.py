@@ -50,18 +50,23 @@ from train import TrainConfig
 
 def val_windows(ckpt, length, num_windows, runtime):
     """(x, y) of `num_windows` val windows of `length` tokens, evenly spaced over the split
-    (overlapping when it is too short to hold them side by side), and whether they overlap."""
+    (overlapping when it is too short to hold them side by side), and whether they overlap.
+    Runs trained BOS-aligned are evaluated as they were trained: every window starts at a BOS."""
     config = ckpt["config"]
     folder = prepare_data.dataset_dir(config["data_dir"], config["dataset"])
-    prepare_data.load_meta(folder)  # says so when the data is missing
+    meta = prepare_data.load_meta(folder)  # says so when the data is missing
+    bos = meta.get("bos_token") if config.get("bos_aligned") else None
     try:
-        windows = train.Batches(folder, length, 1, runtime, seed=0)
+        windows = train.Batches(folder, length, 1, runtime, seed=0, bos_token=bos)
     except ConfigError:
-        raise ConfigError(f"the dataset {folder} is shorter than the longest evaluation, {length} tokens: "
-                          "use smaller --multiples") from None
-    room = len(windows.data["val"]) - length - 1
-    starts = torch.linspace(0, room, num_windows).long()
-    overlap = num_windows > 1 and room / (num_windows - 1) < length + 1
+        raise ConfigError(f"the dataset {folder} is shorter than the longest evaluation, {length} tokens"
+                          f"{' after a BOS' if bos is not None else ''}: use smaller --multiples") from None
+    if bos is None:
+        starts = torch.linspace(0, len(windows.data["val"]) - length - 1, num_windows).long()
+    else:
+        allowed = windows.starts["val"]
+        starts = allowed[torch.linspace(0, len(allowed) - 1, num_windows).round().long()]
+    overlap = bool((starts.diff() < length + 1).any())
     x, y = windows.windows("val", starts)
     return x, y, overlap
 
@@ -94,7 +99,8 @@ def extension_results(ckpt, x, y, cfg, runtime):
     multiples, longest = cfg.multiple_list(), max(cfg.multiple_list())
     out = {}
     for method in cfg.method_list():
-        model = train.model_from_checkpoint(ckpt, runtime.device, **scaled(method, longest))
+        factor = cfg.dynamic_factor if method == "dynamic_ntk" and cfg.dynamic_factor else longest
+        model = train.model_from_checkpoint(ckpt, runtime.device, **scaled(method, factor))
         losses = {m: position_losses(model, x[:, :m * block], y[:, :m * block], cfg.batch_size, runtime)
                   for m in multiples}
         out[method] = {"loss": {m: float(v.mean()) for m, v in losses.items()},
@@ -189,7 +195,7 @@ def evaluate_checkpoint(path, cfg, runtime):
     longest = block * max(cfg.multiple_list())
     x, y, overlap = val_windows(ckpt, max(longest, cfg.stream_len), cfg.num_windows, runtime)
     return {"block_size": block, "step": ckpt["step"], "windows": x.size(0), "window_tokens": longest,
-            "windows_overlap": overlap, "extension": extension_results(ckpt, x, y, cfg, runtime),
+            "windows_overlap": overlap, "windows_at_bos": bool(ckpt["config"].get("bos_aligned")), "extension": extension_results(ckpt, x, y, cfg, runtime),
             "yarn_regimes": yarn_regimes(ckpt), "sinks": sink_results(ckpt, x, y, cfg, runtime)}
 
 
@@ -297,9 +303,11 @@ def describe(groups, cfg):
     seeds = ", ".join(f"{name} {len(group)}" for name, group in groups.items())
     pooling = (f"mean ± sd over seeds ({seeds})" if any(len(group) > 1 for group in groups.values())
                else "one checkpoint per model")
+    dynamic = f" (dynamic_ntk with factor {cfg.dynamic_factor:g})" if cfg.dynamic_factor else ""
     return (f"Val loss on {r['windows']} val windows of {r['window_tokens']} tokens"
+            f"{', each starting at a BOS token' if r.get('windows_at_bos') else ''}"
             f"{' (overlapping: the split is short)' if r['windows_overlap'] else ''}, cut to each length; "
-            f"every method set up for {max(cfg.multiple_list())}x; {pooling}. "
+            f"every method set up for {max(cfg.multiple_list())}x{dynamic}; {pooling}. "
             f"YaRN's ramp on the {len(yarn['rotations'])} RoPE frequencies at a trained length of "
             f"{r['block_size']}: {yarn['kept']} kept, {yarn['blended']} blended, {yarn['interpolated']} "
             f"interpolated as in PI. "
@@ -336,6 +344,8 @@ class LongCtxConfig:
     fresh: bool = opt(False, "retrain every run instead of reusing finished ones")
     multiples: str = opt("1,2,4,8", "evaluated lengths, in multiples of the trained context")
     methods: str = opt(",".join(ROPE_SCALINGS), "context-extension methods to compare (model rope_scaling values)")
+    dynamic_factor: float = opt(0.0, "dynamic_ntk's rope_factor s (0: the longest multiple, as for the other "
+                                     "methods; 1: the NTK scale is n / L at length n)")
     num_windows: int = opt(64, "val windows (the same at every length)")
     batch_size: int = opt(16, "windows per forward pass")
     window: int = opt(0, "sink test: tokens the sliding window keeps (0: a quarter of block_size)")
@@ -347,6 +357,8 @@ class LongCtxConfig:
                                                                             self.stream_len) < 0:
             raise ConfigError("seeds, num_windows and batch_size must be at least 1; window, sink_tokens "
                               "and stream_len not negative")
+        if 0 < self.dynamic_factor < 1 or self.dynamic_factor < 0:
+            raise ConfigError(f"dynamic_factor={self.dynamic_factor} must be 0 (the longest multiple) or at least 1")
         self.multiple_list()
         self.method_list()
 

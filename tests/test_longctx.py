@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lab import longctx
+import prepare_data
 import sample
 import train
 from configurable import ConfigError, parse_args
@@ -216,6 +217,64 @@ def test_window_sees_the_sinks_and_the_last_tokens_only(sinks):
         assert torch.allclose(last_logits(changed), base, atol=1e-12) != kept, position
 
 
+def test_yarn_regimes_of_the_study_model_follow_the_reference_ramp():
+    """Head size 32, trained length 64: the ramp runs over pairs 0 to 5 (the 32-turn bound clamped to 0)."""
+    regimes = longctx.yarn_regimes({"config": dict(vocab_size=VOCAB, block_size=64, n_head=4, n_embd=128,
+                                                   pos_emb="rope")})
+    assert (regimes["kept"], regimes["blended"], regimes["interpolated"]) == (1, 4, 11)
+    assert regimes["keep"][:6] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0], abs=1e-6)
+    assert regimes["rotations"][0] == pytest.approx(64 / (2 * math.pi))
+
+
+def documents_dataset(folder, bos, lengths, seed=0):
+    """A prepared dataset of documents, each a BOS and `length` random tokens, in both splits."""
+    rng = np.random.default_rng(seed)
+    tokens = np.concatenate([np.concatenate([[bos], rng.integers(0, bos, n)]) for n in lengths]).astype(np.uint16)
+    folder.mkdir(parents=True)
+    prepare_data.write_dataset(folder, tokens, tokens, {"tokenizer": "char", "vocab_size": bos + 1, "dtype": "uint16",
+                                                        "chars": [chr(97 + i) for i in range(bos)],
+                                                        "bos_token": bos})
+    return tokens
+
+
+@pytest.mark.parametrize("bos_aligned", [True, False])
+def test_bos_aligned_runs_are_evaluated_on_windows_that_start_at_a_bos(tmp_path, bos_aligned):
+    """As the run was trained: windows start at a document's BOS, spread over the split's documents."""
+    bos = VOCAB - 1
+    tokens = documents_dataset(tmp_path / "docs", bos, [60, 35, 90, 70, 120, 64, 80, 50])
+    ckpt = {"config": {"data_dir": str(tmp_path), "dataset": "docs", "bos_aligned": bos_aligned}}
+    runtime = train.setup_runtime("cpu", "float32")
+    x, y, overlap = longctx.val_windows(ckpt, 64, 4, runtime)
+    assert x.shape == y.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
+    starts = [i for i in range(len(tokens) - 64) if tokens[i] == bos]  # a BOS with 64 + 1 tokens after it
+    if bos_aligned:
+        assert x.tolist() == [tokens[starts[j]:starts[j] + 64].tolist() for j in (0, 2, 4, 6)]  # 7 starts
+        assert not overlap
+    else:  # evenly spaced over the split, wherever they fall
+        assert x[0].tolist() == tokens[:64].tolist() and not (x[:, 0] == bos).all()
+    with pytest.raises(ConfigError, match="shorter than the longest evaluation, 1000 tokens.*smaller --multiples"):
+        longctx.val_windows(ckpt, 1000, 4, runtime)
+
+
+@pytest.mark.parametrize("dynamic_factor, expected", [(0, 4.0), (1, 1.0)])
+def test_every_method_is_set_up_for_the_longest_length_and_dynamic_ntk_may_take_its_own_factor(
+        monkeypatch, dynamic_factor, expected):
+    factors = {}
+
+    def model_from_checkpoint(ckpt, device, rope_scaling, rope_factor):
+        factors[rope_scaling] = rope_factor
+        return rope_model(rope_scaling=rope_scaling, rope_factor=rope_factor)
+
+    monkeypatch.setattr(train, "model_from_checkpoint", model_from_checkpoint)
+    cfg = longctx.LongCtxConfig(multiples="1,4", dynamic_factor=dynamic_factor, batch_size=2)
+    x = torch.randint(0, VOCAB, (3, 64))
+    out = longctx.extension_results({"config": {"block_size": 16}}, x, x, cfg, train.setup_runtime("cpu", "float32"))
+    assert factors == {"none": 1.0, "pi": 4.0, "ntk": 4.0, "dynamic_ntk": expected, "yarn": 4.0}
+    assert out["dynamic_ntk"]["loss"][1] == pytest.approx(out["none"]["loss"][1], abs=1e-9)
+    with pytest.raises(ConfigError, match="dynamic_factor=0.5 must be 0"):
+        longctx.LongCtxConfig(dynamic_factor=0.5)
+
+
 @pytest.fixture(scope="module")
 def rope_runs(data_dir, tmp_path_factory):
     """Two tiny RoPE runs (plain and gated) trained by longctx.py itself, and its results."""
@@ -262,6 +321,9 @@ def test_learned_positions_and_bad_settings_are_refused(rope_runs, data_dir, tmp
         longctx.main([f"--out_dir={tmp_path}/runs"])
     with pytest.raises(ConfigError, match="no effect with --checkpoints"):
         longctx.main([f"--checkpoints={out}/none-seed1337", "--max_iters=5"])
+    settings = parse_args([longctx.LongCtxConfig, GPTConfig, train.TrainConfig],
+                          [f"--checkpoints={out}/none-seed1337", "--threads=1", "--device=cpu"])
+    assert longctx.checkpoint_paths(*settings) == [out / "none-seed1337" / "ckpt.pt"]  # runtime settings apply
     with pytest.raises(ConfigError, match="shorter than the longest evaluation.*smaller --multiples"):
         longctx.main([f"--checkpoints={out}/none-seed1337", f"--out_dir={tmp_path}/eval", "--multiples=1,4096"])
     with pytest.raises(ConfigError, match="'multiples'"):
