@@ -613,9 +613,9 @@ def speedrun(train_cfg, bench_cfg, log):
                          val_loss=val, full_val_loss=full, full_val_losses=[r["full_val_loss"] for r in runs_],
                          time_ratio=ratio))
         lines.append(f"  {name:<20} {wall:>8.1f} {runs_[0]['steps']:>6} {val:>9.4f} {full:>9.4f} {ratio:>10.2f}x")
-    lines.append("  val loss: the run's own last evaluation (20 batches); full val: its final model over the whole "
-                 "val split (fp32, not timed); time ratio: median over the repeats of wall time over the recipe's "
-                 "in the same repeat. nanoGPT's recipe reaches 1.886 (20 batches), 1.898 (full val).")
+    lines.append("  val loss: the run's own last evaluation (eval_iters batches); full val: its final model over "
+                 "the whole val split (fp32, not timed); time ratio: median over the repeats of wall time over the "
+                 "recipe's in the same repeat. nanoGPT's recipe reaches 1.886 (20 batches), 1.898 (full val).")
     for row in rows[1:]:
         if row["run"] in SPEEDRUN_TARGETS:
             key, loss, ratio = SPEEDRUN_TARGETS[row["run"]]
