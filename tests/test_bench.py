@@ -71,13 +71,40 @@ def test_speedrun_times_two_training_runs(tmp_path, capsys):
              'eval_iters = 2\neval_interval = 5\ndevice = "cpu"\n')
     (tmp_path / "base.toml").write_text(shape + "max_iters = 5\n")
     (tmp_path / "fast.toml").write_text(shape + "max_iters = 3\nlearning_rate = 3e-3\n")
+    (tmp_path / "fast_muon.toml").write_text(shape + 'max_iters = 2\noptimizer = "muon"\n')
     report = bench.main(["--speedrun", f"--data_dir={tmp_path}", f"--baseline_config={tmp_path / 'base.toml'}",
-                         f"--speedrun_config={tmp_path / 'fast.toml'}"])
+                         f"--speedrun_configs={tmp_path / 'fast.toml'}", "--threads=1"])
     out = capsys.readouterr().out
     assert "Speedrun" in out and "fp32 eager recipe" in out
     base, fast = report["speedrun"]
     assert (base["steps"], fast["steps"]) == (5, 3)
     assert all(positive(r[k]) for r in (base, fast) for k in ("wall_s", "val_loss", "full_val_loss", "time_ratio"))
+    # Several presets: one row each, named by the file, all timed against the same recipe runs.
+    report = bench.main(["--speedrun", f"--data_dir={tmp_path}", f"--baseline_config={tmp_path / 'base.toml'}",
+                         f"--speedrun_configs={tmp_path / 'fast.toml'},{tmp_path / 'fast_muon.toml'}",
+                         "--speedrun_repeats=2"])
+    assert [r["run"] for r in report["speedrun"]] == ["fp32 eager recipe", "fast", "fast_muon"]
+    assert [r["steps"] for r in report["speedrun"]] == [5, 3, 2]
+    assert all(len(r["walls"]) == 2 and positive(r["time_ratio"]) for r in report["speedrun"])
+    assert report["speedrun"][0]["time_ratio"] == 1.0
+    assert "fast_muon" in capsys.readouterr().out
+    assert set(bench.SPEEDRUN_TARGETS) == {"speedrun_cpu", "speedrun_muon_cpu"}
+
+
+@pytest.mark.skipif(not hasattr(__import__("torch").optim, "Muon"), reason="needs torch.optim.Muon")
+def test_optimizer_table_times_the_optimizer_step(tmp_path, capsys):
+    report = bench.main([*TINY, f"--data_dir={tmp_path}", "--dataset=missing", "--tables=optimizer",
+                         "--optimizers=adamw,muon", "--dtype=float32"])
+    out = capsys.readouterr().out
+    assert "Optimizer step per training step" in out and "Training:" not in out and "Gate cost" not in out
+    adamw, muon = report["optimizer"]
+    assert (adamw["optimizer"], muon["optimizer"]) == ("adamw", "muon") and muon["name"].endswith("muon (default)")
+    assert adamw["muon_ms"] is None and positive(muon["muon_ms"])  # Muon: the blocks' matrices
+    assert positive(adamw["adamw_ms"]) and positive(muon["adamw_ms"])  # AdamW: the rest, in both
+    for row in (adamw, muon):
+        assert 0 < row["optimizer_share"] < 1 and positive(row["forward_backward_ms"])
+        assert row["forward_backward_ms"] + row["adamw_ms"] + (row["muon_ms"] or 0) == pytest.approx(row["ms_per_step"])
+    assert adamw["ratio"] == 1.0 and positive(muon["ratio"])
 
 
 def test_cpu_defaults_pick_bf16_and_stay_eager(monkeypatch):
@@ -143,6 +170,7 @@ def test_measurements_leave_the_global_generator_alone():
     ("--paths=float8/false", "bad value 'float8' for 'dtype'"), ("--paths=float32/maybe", "bad path 'float32/maybe'"),
     ("--variants=none,sometimes", "bad gate 'sometimes'"), ("--gen_tokens=10,x", "give positive token counts"),
     ("--steps=-1", "steps=-1 cannot be negative"), ("--device=tpu", "bad value 'tpu' for 'device'"),
+    ("--optimizers=adamw,sgd", "bad value 'sgd' for 'optimizer'"), ("--tables=optimizer,speed", "unknown table"),
 ])
 def test_bad_bench_settings_are_one_line(setting, message):
     with pytest.raises(ConfigError) as err:
