@@ -63,6 +63,7 @@ def test_bench_takes_the_runtime_keys():
     assert (train_cfg.threads, train_cfg.device, train_cfg.dtype) == (1, "cpu", "float32")
 
 
+@pytest.mark.skipif(not hasattr(__import__("torch").optim, "Muon"), reason="the Muon preset needs torch.optim.Muon")
 def test_speedrun_times_two_training_runs(tmp_path, capsys):
     source = tmp_path / "text.txt"
     source.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 200)
