@@ -393,7 +393,7 @@ def download(url, path):
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
             size = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {path.name}") as bar:
+            with tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {path.name}", disable=None) as bar:
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))

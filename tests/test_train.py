@@ -428,3 +428,9 @@ def test_optimizer_setting_is_checked(monkeypatch):
     monkeypatch.delattr(torch.optim, "Muon", raising=False)  # an older PyTorch
     with pytest.raises(ConfigError, match="optimizer=muon needs torch.optim.Muon, new in PyTorch 2.9"):
         train.TrainConfig(optimizer="muon")
+
+
+def test_no_progress_bar_when_the_output_is_not_a_terminal(data_dir, tmp_path, capsys):
+    argv = [a for a in args(data_dir, tmp_path, "--max_iters=3", "--eval_interval=3") if a != "--progress=false"]
+    train.main(argv)  # progress=true (the default), but pytest's captured stderr is no terminal
+    assert "training:" not in capsys.readouterr().err
