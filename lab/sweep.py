@@ -41,7 +41,6 @@ import numpy as np
 from lab import runs
 from lab import plots
 import prepare_data
-import train
 from configurable import ConfigError, opt, parse_args, run_main
 from model import GPTConfig
 from train import TrainConfig

@@ -182,7 +182,6 @@ def test_bos_aligned_training_logs_the_query_classes(backcopy_dir, data_dir, tmp
 
 def test_the_lab_generates_the_backcopy_dataset_on_first_use(tmp_path, monkeypatch):
     import dataclasses
-    from lab import compare
     made, real = [], backcopy.prepare
 
     def small(cfg):  # the real generator, with fewer sequences
