@@ -494,6 +494,8 @@ def build_training(model_cfg, cfg, runtime, folder, meta):
 def run_folder(cfg):
     """Hold out_dir from reading its checkpoint to the last write (process 0 under torchrun), so that a
     second run on the folder is refused rather than rolling back what this one finishes."""
+    if cfg.resume and not (Path(cfg.out_dir) / "ckpt.pt").is_file():
+        load_checkpoint(Path(cfg.out_dir) / "ckpt.pt")  # says there is none, before a folder is made
     with prepare_data.hold(cfg.out_dir) if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext():
         yield
 

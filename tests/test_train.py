@@ -142,6 +142,7 @@ def test_training_errors(data_dir, tmp_path):
         train.main(args(data_dir, tmp_path, "--max_iters=1"))
     with pytest.raises(ConfigError, match="no checkpoint at"):
         train.main([f"--out_dir={tmp_path / 'empty'}", "--resume"])
+    assert not (tmp_path / "empty").exists()  # nothing made on disk
     runs = tmp_path / "compare"  # a folder of runs, as lab.compare writes it
     for name in ("none", "elementwise"):
         (runs / name).mkdir(parents=True)
